@@ -1,0 +1,1 @@
+//! virtio-blk: request parsing, validation, config layout and status mapping.

@@ -1,0 +1,8 @@
+//! Device semantics shared by Viaduct's VMM and its vhost-user daemons.
+//!
+//! Nothing here knows about sockets or KVM: a block request is parsed and
+//! validated, a net header is checked, from plain guest-memory buffers, so
+//! unit tests drive them with mock rings.
+
+pub mod block;
+pub mod net;

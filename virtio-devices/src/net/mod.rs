@@ -1,0 +1,1 @@
+//! virtio-net: header handling and offload mapping.
