@@ -62,11 +62,7 @@ pub fn check_kvm() -> Result<KvmReport, KvmCheckError> {
         .iter()
         .map(|(name, cap)| (*name, kvm.check_extension(*cap)))
         .collect();
-    let missing: Vec<_> = caps
-        .iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(n, _)| *n)
-        .collect();
+    let missing: Vec<_> = caps.iter().filter(|(_, ok)| !ok).map(|(n, _)| *n).collect();
     if !missing.is_empty() {
         return Err(KvmCheckError::MissingCaps(missing.join(", ")));
     }

@@ -40,7 +40,9 @@ fn main() -> ExitCode {
             }
         },
         None => {
-            eprintln!("viaduct: booting a guest is not implemented yet (issue 5); try `viaduct check-kvm`");
+            eprintln!(
+                "viaduct: booting a guest is not implemented yet (issue 5); try `viaduct check-kvm`"
+            );
             ExitCode::from(2)
         }
     }

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Viaduct's main job, end to end on this machine: installs what it needs,
+# builds everything, provisions the guest kit and boots the test hosts,
+# printing what the guests saw. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+command -v cargo >/dev/null || { echo "demo.sh: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+
+$SUDO bash scripts/install-host-deps.sh
+echo "==> building (release)"
+cargo build --workspace --release
+echo "==> booting the test hosts"
+exec ./target/release/viaduct-kit selftest all
