@@ -1,6 +1,58 @@
-//! vhost-user-blk: not implemented yet (issue 3).
+//! vhost-user-blk: command line → validated config → open image → bind →
+//! serve. Exit codes: 0 normal, 1 runtime error, 2 usage or configuration
+//! error (bad option, unusable image, socket in use), all before serving.
 
-fn main() {
-    eprintln!("vhost-user-blk: not implemented yet; see docs/status.md");
-    std::process::exit(2);
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use vhost_user_blk::cli::{Args, CAPABILITIES_JSON};
+use vhost_user_blk::config::Config;
+use vhost_user_blk::counters::QueueCounters;
+use vhost_user_blk::disk::Disk;
+use vhost_user_blk::serve::{self, Server, Shutdown};
+use vhost_user_blk::signals;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.print_capabilities {
+        println!("{CAPABILITIES_JSON}");
+        return ExitCode::SUCCESS;
+    }
+    env_logger::Builder::new()
+        .filter_level(args.log_level)
+        .parse_default_env()
+        .format_timestamp_micros()
+        .init();
+    let mut server = match setup(args) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("vhost-user-blk: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vhost-user-blk: {:#}", anyhow::Error::from(e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Everything that must succeed before serving starts.
+fn setup(args: Args) -> anyhow::Result<Server> {
+    signals::block().context("signals")?;
+    let config = Config::try_from(args)?;
+    let disk = Disk::open(&config)?;
+    let listener = serve::bind(&config.listen)?;
+    let counters: Arc<Vec<QueueCounters>> = Arc::new(
+        (0..config.num_queues)
+            .map(|_| QueueCounters::default())
+            .collect(),
+    );
+    let shutdown = Arc::new(Shutdown::new()?);
+    signals::spawn(Arc::clone(&shutdown), Arc::clone(&counters))?;
+    Ok(Server::new(config, disk, listener, counters, shutdown))
 }

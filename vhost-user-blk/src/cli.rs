@@ -1,0 +1,94 @@
+//! Command-line options, following the vhost-user spec's "Backend program
+//! conventions". Parsing only; meaning and validation live in `config`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Example: serve disk.img to QEMU
+
+  vhost-user-blk --socket-path /run/vub.sock --blk-file disk.img --num-queues 2
+
+  qemu-system-x86_64 -machine q35,memory-backend=mem \\
+    -object memory-backend-memfd,id=mem,size=1G,share=on \\
+    -chardev socket,id=blk0,path=/run/vub.sock \\
+    -device vhost-user-blk-pci,chardev=blk0,num-queues=2 ...
+
+Guest memory must be shared (memfd or hugetlbfs with share=on). After the
+frontend disconnects the daemon serves the next connection. SIGTERM/SIGINT
+drain in-flight requests, flush per --cache and exit 0; SIGUSR1 logs the
+per-queue counters. Exit codes: 0 normal, 1 runtime error, 2 usage error.";
+
+/// Disk image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// Raw image or block device (the io_uring fast path).
+    Raw,
+    /// qcow2 image (imago, synchronous on the queue's worker thread).
+    Qcow2,
+    /// qcow2 if the file starts with the qcow2 magic, raw otherwise.
+    Auto,
+}
+
+/// Host cache mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheArg {
+    /// Page cache; guest flushes become fdatasync.
+    Writeback,
+    /// O_DIRECT; guest flushes become fdatasync.
+    None,
+    /// Page cache with O_DSYNC: every write is durable when it completes.
+    Writethrough,
+    /// Page cache; guest flushes are acknowledged without syncing.
+    Unsafe,
+}
+
+/// vhost-user-blk: serve a disk image to a vhost-user frontend.
+#[derive(Debug, Parser)]
+#[command(name = "vhost-user-blk", version, after_help = AFTER_HELP)]
+pub struct Args {
+    /// Listen on this unix socket path (must not be in use).
+    #[arg(long, value_name = "PATH")]
+    pub socket_path: Option<PathBuf>,
+    /// Use this already-listening unix socket file descriptor instead.
+    #[arg(long, value_name = "N")]
+    pub fd: Option<i32>,
+    /// Print the capabilities JSON of the vhost-user spec and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+    /// Disk image: a regular file or a block device.
+    #[arg(long, value_name = "PATH")]
+    pub blk_file: Option<PathBuf>,
+    /// Image format.
+    #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+    pub format: FormatArg,
+    /// Refuse writes (VIRTIO_BLK_F_RO); the image is opened read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Number of request queues, one worker thread and io_uring each (1-64).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub num_queues: u32,
+    /// Maximum queue size (power of two, 2-1024).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub queue_size: u32,
+    /// Host cache mode.
+    #[arg(long, value_enum, default_value_t = CacheArg::Writeback)]
+    pub cache: CacheArg,
+    /// Logical block size reported to the guest: 512 or 4096.
+    #[arg(long, default_value_t = 512, value_name = "BYTES")]
+    pub logical_block_size: u32,
+    /// Serial returned by GET_ID (at most 20 bytes; default: the image's file name).
+    #[arg(long, value_name = "ID")]
+    pub serial: Option<String>,
+    /// Busy-poll the rings for N microseconds after the last request before
+    /// sleeping on the kick eventfd (0 = off, at most 1000000).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub poll_us: u64,
+    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides).
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    pub log_level: log::LevelFilter,
+}
+
+/// The capabilities JSON printed by `--print-capabilities`.
+pub const CAPABILITIES_JSON: &str = r#"{"type":"block","features":["read-only","blk-file"]}"#;

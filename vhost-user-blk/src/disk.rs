@@ -1,0 +1,256 @@
+//! Opening the disk image: raw file, block device or qcow2 (by flag or by
+//! header), with the open flags the cache mode implies, and the checks that
+//! must fail before anything is started (unreadable, too small).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate, StorageOpenOptions};
+use virtio_devices::block::SECTOR_SIZE;
+
+use crate::config::{CacheMode, Config, ImageFormat};
+
+/// First four bytes of every qcow2 image.
+const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+
+/// The synchronous qcow2 driver over a plain file.
+pub type Qcow2Access = FormatAccess<imago::file::File>;
+
+/// Why the image cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// open(2) failed.
+    #[error("cannot open {path}")]
+    Open {
+        /// Image path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image's size could not be read.
+    #[error("cannot read the size of {0}")]
+    Size(PathBuf, #[source] std::io::Error),
+    /// The qcow2 driver refused the image.
+    #[error("cannot open qcow2 image {0}")]
+    Qcow2(PathBuf, #[source] std::io::Error),
+    /// The image is not a regular file or block device.
+    #[error("{0} is neither a regular file nor a block device")]
+    NotAFile(PathBuf),
+    /// Smaller than one logical block.
+    #[error("{path} is {size} bytes, smaller than one {block}-byte block")]
+    TooSmall {
+        /// Image path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// Logical block size.
+        block: u32,
+    },
+    /// A flush failed.
+    #[error("flush failed")]
+    Flush(#[source] std::io::Error),
+}
+
+/// The backing store behind the device.
+pub enum DiskBackend {
+    /// Raw file or block device: served by io_uring.
+    Raw {
+        /// The open image.
+        file: File,
+        /// It is a block device (discard via BLKDISCARD).
+        block_device: bool,
+    },
+    /// qcow2 via imago, one lock around the driver (correctness first).
+    Qcow2(Mutex<Qcow2Access>),
+}
+
+/// An open disk image.
+pub struct Disk {
+    /// How requests reach it.
+    pub backend: DiskBackend,
+    /// Guest-visible size in bytes, rounded down to the logical block size.
+    pub size: u64,
+    /// Path, for logs.
+    pub path: PathBuf,
+    /// Cache mode it was opened with.
+    pub cache: CacheMode,
+}
+
+impl Disk {
+    /// Open the image `config` names; fails for anything we cannot serve.
+    pub fn open(config: &Config) -> Result<Self, DiskError> {
+        let path = config.blk_file.clone();
+        let file = open_file(&path, config.read_only, config.cache)?;
+        let meta = file
+            .metadata()
+            .map_err(|e| DiskError::Size(path.clone(), e))?;
+        let block_device = meta.file_type().is_block_device();
+        if !block_device && !meta.file_type().is_file() {
+            return Err(DiskError::NotAFile(path));
+        }
+        let format = match config.format {
+            ImageFormat::Auto if has_qcow2_magic(&path) => ImageFormat::Qcow2,
+            ImageFormat::Auto => ImageFormat::Raw,
+            other => other,
+        };
+        let (backend, raw_size) = if format == ImageFormat::Qcow2 {
+            drop(file);
+            let access = open_qcow2(&path, config.read_only, config.cache)?;
+            let size = access.size();
+            (DiskBackend::Qcow2(Mutex::new(access)), size)
+        } else {
+            let mut file = file;
+            let size = file
+                .seek(SeekFrom::End(0))
+                .map_err(|e| DiskError::Size(path.clone(), e))?;
+            (DiskBackend::Raw { file, block_device }, size)
+        };
+        let block = u64::from(config.logical_block_size);
+        let size = raw_size - raw_size % block;
+        if size == 0 {
+            return Err(DiskError::TooSmall {
+                path,
+                size: raw_size,
+                block: config.logical_block_size,
+            });
+        }
+        if size != raw_size {
+            log::warn!(
+                "image_size_unaligned path={} size={raw_size} served={size}",
+                path.display()
+            );
+        }
+        Ok(Disk {
+            backend,
+            size,
+            path,
+            cache: config.cache,
+        })
+    }
+
+    /// Size in 512-byte sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.size / SECTOR_SIZE
+    }
+
+    /// The raw fd io_uring submits against, if this is a raw image.
+    pub fn raw_fd(&self) -> Option<RawFd> {
+        match &self.backend {
+            DiskBackend::Raw { file, .. } => Some(file.as_raw_fd()),
+            DiskBackend::Qcow2(_) => None,
+        }
+    }
+
+    /// Make everything written so far durable (at shutdown); a no-op for
+    /// cache=unsafe.
+    pub fn flush(&self) -> Result<(), DiskError> {
+        if !self.cache.flush_syncs() {
+            return Ok(());
+        }
+        match &self.backend {
+            DiskBackend::Raw { file, .. } => file.sync_data().map_err(DiskError::Flush),
+            DiskBackend::Qcow2(access) => {
+                let access = access
+                    .lock()
+                    .map_err(|_| DiskError::Flush(std::io::Error::other("qcow2 lock poisoned")))?;
+                access.flush().map_err(DiskError::Flush)
+            }
+        }
+    }
+}
+
+fn open_file(path: &Path, read_only: bool, cache: CacheMode) -> Result<File, DiskError> {
+    let mut flags = libc::O_CLOEXEC;
+    if cache.direct() {
+        flags |= libc::O_DIRECT;
+    }
+    if cache.dsync() {
+        flags |= libc::O_DSYNC;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|source| DiskError::Open {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn has_qcow2_magic(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == QCOW2_MAGIC
+}
+
+fn open_qcow2(path: &Path, read_only: bool, cache: CacheMode) -> Result<Qcow2Access, DiskError> {
+    let options = StorageOpenOptions::new()
+        .write(!read_only)
+        .direct(cache.direct());
+    let qcow2 = imago::qcow2::Qcow2::<imago::file::File>::builder_path(path)
+        .write(!read_only)
+        .storage_open_options(options)
+        .open(PermissiveImplicitOpenGate::default())
+        .map_err(|e| DiskError::Qcow2(path.to_owned(), e))?;
+    Ok(FormatAccess::new(qcow2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Args;
+    use clap::Parser;
+    use vmm_sys_util::tempfile::TempFile;
+
+    fn config(path: &Path, extra: &[&str]) -> Config {
+        let mut argv = vec![
+            "vhost-user-blk",
+            "--socket-path",
+            "/nonexistent",
+            "--blk-file",
+            path.to_str().unwrap(),
+        ];
+        argv.extend_from_slice(extra);
+        Config::try_from(Args::try_parse_from(argv).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn raw_size_rounds_down_and_too_small_fails() {
+        let f = TempFile::new().unwrap();
+        f.as_file().set_len(4096 + 100).unwrap();
+        let d = Disk::open(&config(f.as_path(), &[])).unwrap();
+        assert_eq!(d.size, 4096);
+        assert_eq!(d.capacity_sectors(), 8);
+        assert!(d.raw_fd().is_some());
+
+        f.as_file().set_len(4000).unwrap();
+        assert!(Disk::open(&config(f.as_path(), &[])).is_ok());
+        let err = Disk::open(&config(f.as_path(), &["--logical-block-size", "4096"]));
+        assert!(matches!(err, Err(DiskError::TooSmall { size: 4000, .. })));
+        f.as_file().set_len(0).unwrap();
+        assert!(matches!(
+            Disk::open(&config(f.as_path(), &[])),
+            Err(DiskError::TooSmall { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_and_directory_fail() {
+        assert!(matches!(
+            Disk::open(&config(Path::new("/nonexistent/img"), &[])),
+            Err(DiskError::Open { .. })
+        ));
+        assert!(matches!(
+            Disk::open(&config(Path::new("/tmp"), &["--read-only"])),
+            Err(DiskError::NotAFile(_))
+        ));
+    }
+}

@@ -1,0 +1,18 @@
+//! Viaduct's vhost-user-blk daemon: serves one disk image to one vhost-user
+//! frontend at a time, processing virtqueues in shared guest memory with
+//! io_uring (raw) or imago (qcow2).
+//!
+//! Where things live: `cli` (options and help) → `config` (validation) →
+//! `disk` (open the image) → `serve` (listener loop, a fresh `backend` per
+//! connection) → `worker` (one per queue: ring → requests → completions) →
+//! `engine` (io_uring or qcow2).
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod counters;
+pub mod disk;
+pub mod engine;
+pub mod serve;
+pub mod signals;
+pub mod worker;
