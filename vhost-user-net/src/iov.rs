@@ -1,0 +1,178 @@
+//! Guest buffers → host iovecs, the one place where a descriptor chain's
+//! (addr, len) pairs are checked against guest memory before any I/O.
+//!
+//! The iovecs hold raw host pointers into the guest's shared memory. They are
+//! valid while the memory snapshot (`GuestMemoryLoadGuard`) they were built
+//! from is alive; callers build and use them within one batch that holds it.
+
+use std::ops::Deref;
+
+use thiserror::Error;
+use virtio_queue::DescriptorChain;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+
+/// Most guest segments per frame: Linux's `UIO_MAXIOV` (1024) less the one
+/// slot the data paths add (the TX header copy, the RX overflow buffer).
+pub const MAX_SEGMENTS: usize = 1023;
+
+/// Why a descriptor chain cannot be used.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ChainError {
+    #[error("descriptor with the wrong direction for this queue")]
+    WrongDirection,
+    #[error("descriptor at {addr:#x}+{len} outside guest memory")]
+    OutOfMemory { addr: u64, len: u32 },
+    #[error("chain has more than {MAX_SEGMENTS} segments")]
+    TooManySegments,
+}
+
+/// Appends to `out` the host iovecs of every descriptor of `chain`, which
+/// must all be device-writable (`writable`) or all device-readable, and
+/// returns the chain's total length. Zero-length descriptors are skipped
+/// without being looked up.
+pub fn gather<M>(
+    chain: DescriptorChain<M>,
+    mem: &GuestMemoryMmap,
+    writable: bool,
+    out: &mut Vec<libc::iovec>,
+) -> Result<usize, ChainError>
+where
+    M: Deref<Target = GuestMemoryMmap>,
+{
+    let mut total = 0usize;
+    for desc in chain {
+        if desc.is_write_only() != writable {
+            return Err(ChainError::WrongDirection);
+        }
+        let len = desc.len();
+        if len == 0 {
+            continue;
+        }
+        let bad = ChainError::OutOfMemory {
+            addr: desc.addr().0,
+            len,
+        };
+        let mut covered = 0usize;
+        for slice in GuestMemoryBackend::get_slices(mem, desc.addr(), len as usize) {
+            let slice = slice.map_err(|_| bad.clone())?;
+            if out.len() >= MAX_SEGMENTS {
+                return Err(ChainError::TooManySegments);
+            }
+            out.push(libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                iov_len: slice.len(),
+            });
+            covered += slice.len();
+        }
+        if covered != len as usize {
+            return Err(bad);
+        }
+        // A chain is at most 2^32 bytes (virtio-queue stops iterating
+        // beyond), so this cannot overflow on 64-bit hosts.
+        total += len as usize;
+    }
+    Ok(total)
+}
+
+/// Copies from the iovecs, starting `offset` bytes in, into `dst`; returns
+/// the number of bytes copied.
+pub fn copy_from(iovs: &[libc::iovec], mut offset: usize, dst: &mut [u8]) -> usize {
+    let mut done = 0;
+    for iov in iovs {
+        if done == dst.len() {
+            break;
+        }
+        if offset >= iov.iov_len {
+            offset -= iov.iov_len;
+            continue;
+        }
+        let n = (iov.iov_len - offset).min(dst.len() - done);
+        // SAFETY: the iovec was built by `gather` from a live guest memory
+        // mapping (see module doc) and `offset + n <= iov_len`; dst is a
+        // distinct host buffer of at least `done + n` bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                iov.iov_base.cast::<u8>().add(offset),
+                dst.as_mut_ptr().add(done),
+                n,
+            );
+        }
+        done += n;
+        offset = 0;
+    }
+    done
+}
+
+/// Copies `src` into the iovecs starting `offset` bytes in; returns the
+/// number of bytes copied.
+pub fn copy_to(iovs: &[libc::iovec], mut offset: usize, src: &[u8]) -> usize {
+    let mut done = 0;
+    for iov in iovs {
+        if done == src.len() {
+            break;
+        }
+        if offset >= iov.iov_len {
+            offset -= iov.iov_len;
+            continue;
+        }
+        let n = (iov.iov_len - offset).min(src.len() - done);
+        // SAFETY: as in `copy_from`, with the roles swapped: the iovec points
+        // into a live, writable guest mapping and `offset + n <= iov_len`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                src.as_ptr().add(done),
+                iov.iov_base.cast::<u8>().add(offset),
+                n,
+            );
+        }
+        done += n;
+        offset = 0;
+    }
+    done
+}
+
+/// Appends to `out` the part of `iovs` that lies `offset` bytes in.
+pub fn skip_into(iovs: &[libc::iovec], mut offset: usize, out: &mut Vec<libc::iovec>) {
+    for iov in iovs {
+        if offset >= iov.iov_len {
+            offset -= iov.iov_len;
+            continue;
+        }
+        out.push(libc::iovec {
+            // SAFETY: offset < iov_len, so the result stays inside the
+            // buffer the iovec describes.
+            iov_base: unsafe { iov.iov_base.cast::<u8>().add(offset) }.cast(),
+            iov_len: iov.iov_len - offset,
+        });
+        offset = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iov(buf: &mut [u8]) -> libc::iovec {
+        libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }
+    }
+
+    #[test]
+    fn copies_cross_segment_boundaries() {
+        let mut a = [0u8; 3];
+        let mut b = [0u8; 0];
+        let mut c = [0u8; 5];
+        let iovs = [iov(&mut a), iov(&mut b), iov(&mut c)];
+        assert_eq!(copy_to(&iovs, 2, &[1, 2, 3, 4]), 4);
+        let mut out = [0u8; 8];
+        assert_eq!(copy_from(&iovs, 0, &mut out), 8);
+        assert_eq!(out, [0, 0, 1, 2, 3, 4, 0, 0]);
+        assert_eq!(copy_to(&iovs, 7, &[9, 9, 9]), 1, "clipped at the end");
+        let mut tail = Vec::new();
+        skip_into(&iovs, 4, &mut tail);
+        assert_eq!(tail.len(), 1);
+        assert_eq!(tail[0].iov_len, 4);
+    }
+}

@@ -1,0 +1,24 @@
+//! Viaduct's vhost-user-net daemon as a library, so the integration tests can
+//! run it in-process next to a TAP in a private network namespace.
+//!
+//! * [`cli`] / [`config`]: command line → validated [`config::Config`].
+//! * [`tap`]: TAP ioctls (open, vnet header size, offloads, queues, host side).
+//! * [`backend`]: the vhost-user-backend glue (features, config space, events).
+//! * [`pair`]: one queue pair's state, owned by its worker thread.
+//! * [`tx`] / [`rx`]: the two data paths; [`iov`]: guest buffers → iovecs.
+//! * [`counters`]: per-queue packet/byte/drop counters.
+//! * [`serve`]: the listen/accept loop with a fresh backend per connection.
+//! * [`filter`]: relay that hides a QEMU message-order quirk from the
+//!   vhost-user-backend framework.
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod counters;
+pub mod filter;
+pub mod iov;
+pub mod pair;
+pub mod rx;
+pub mod serve;
+pub mod tap;
+pub mod tx;

@@ -1,0 +1,363 @@
+//! The RX path: TAP → guest RX ring.
+//!
+//! Fast path: one `readv` straight into the first free chain, with a host
+//! overflow buffer as the last segment. A frame larger than that chain is
+//! completed by copying the overflow into more chains (MRG_RXBUF), and when
+//! the guest has too few buffers the frame is parked in host memory and the
+//! TAP is no longer polled until the guest kicks: nothing read is lost.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use log::debug;
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_devices::net::features::HDR_LEN_V1;
+use virtio_devices::net::header::NUM_BUFFERS_OFFSET;
+use virtio_devices::net::mrg::spread;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use crate::counters::{Drop, QueueCounters};
+use crate::iov;
+use crate::tap::TapQueue;
+use crate::tx::Negotiated;
+
+/// Host overflow buffer: a 64 KiB GSO frame plus headers fits.
+const BOUNCE_LEN: usize = 64 * 1024 + 1024;
+
+/// How an RX pass ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxOutcome {
+    /// Nothing more to read from the TAP right now.
+    TapEmpty,
+    /// The guest has no (or too few) RX buffers: stop polling the TAP.
+    NoBuffers,
+    /// The per-wake-up budget is used up; the TAP may hold more.
+    Budget,
+}
+
+/// RX state of one queue pair, kept across wake-ups.
+pub struct RxState {
+    bounce: Vec<u8>,
+    /// A frame (virtio-net header included) read from the TAP that did not
+    /// fit the guest's buffers yet.
+    pending: Option<Vec<u8>>,
+    guest: Vec<libc::iovec>,
+}
+
+// SAFETY: `guest` holds raw pointers only within one `process` call on the
+// worker owning this state; it is cleared before reuse and never read
+// across calls.
+unsafe impl Send for RxState {}
+
+impl Default for RxState {
+    fn default() -> Self {
+        Self {
+            bounce: vec![0; BOUNCE_LEN],
+            pending: None,
+            guest: Vec::new(),
+        }
+    }
+}
+
+impl RxState {
+    /// Whether a frame waits for guest buffers.
+    pub fn has_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
+/// A chain taken from the ring for the frame being delivered.
+struct Taken {
+    head: u16,
+    iovs: Vec<libc::iovec>,
+    cap: usize,
+}
+
+enum Placed {
+    Delivered,
+    NoRoom,
+}
+
+/// Moves frames from the TAP into the RX ring, at most `budget` of them.
+pub fn process(
+    vring: &VringRwLock<GuestMemoryAtomic<GuestMemoryMmap>>,
+    mem: &GuestMemoryMmap,
+    tap: &TapQueue,
+    neg: Negotiated,
+    counters: &QueueCounters,
+    st: &mut RxState,
+    budget: usize,
+) -> Result<RxOutcome, virtio_queue::Error> {
+    let mut guard = vring.get_mut();
+    let q = guard.get_queue_mut();
+    let mut used = false;
+    let mut frames = 0usize;
+    let outcome = loop {
+        if frames >= budget {
+            break RxOutcome::Budget;
+        }
+        if let Some(frame) = st.pending.take() {
+            match place_copy(q, mem, &frame, neg, counters, &mut used)? {
+                Placed::Delivered => {
+                    frames += 1;
+                    continue;
+                }
+                Placed::NoRoom => {
+                    st.pending = Some(frame);
+                    if q.enable_notification(mem)? {
+                        continue;
+                    }
+                    break RxOutcome::NoBuffers;
+                }
+            }
+        }
+        let Some(chain) = q.pop_descriptor_chain(mem) else {
+            // Re-arm kicks (EVENT_IDX: publishes avail_event); true means
+            // buffers arrived in between.
+            if q.enable_notification(mem)? {
+                continue;
+            }
+            break RxOutcome::NoBuffers;
+        };
+        let head = chain.head_index();
+        st.guest.clear();
+        let cap = match iov::gather(chain, mem, true, &mut st.guest) {
+            Ok(c) if c >= neg.hdr_len => c,
+            Ok(_) | Err(_) => {
+                counters.drop(Drop::BadChain);
+                q.add_used(mem, head, 0)?;
+                used = true;
+                continue;
+            }
+        };
+        st.guest.push(libc::iovec {
+            iov_base: st.bounce.as_mut_ptr().cast(),
+            iov_len: st.bounce.len(),
+        });
+        // SAFETY: the iovecs point into guest memory mapped for this whole
+        // batch (see `iov`) and into our own bounce buffer; at most
+        // MAX_SEGMENTS + 1 of them.
+        let n = unsafe {
+            libc::readv(
+                tap.as_raw_fd(),
+                st.guest.as_ptr(),
+                st.guest.len() as libc::c_int,
+            )
+        };
+        st.guest.pop();
+        if n < 0 {
+            q.go_to_previous_position();
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => break RxOutcome::TapEmpty,
+                _ => {
+                    debug!("event=rx_tap_error err={err}");
+                    counters.drop(Drop::TapError);
+                    break RxOutcome::TapEmpty;
+                }
+            }
+        }
+        let n = n as usize;
+        if n < neg.hdr_len {
+            q.go_to_previous_position();
+            counters.drop(Drop::TapError);
+            continue;
+        }
+        frames += 1;
+        if n <= cap {
+            set_num_buffers(&st.guest, neg, 1);
+            q.add_used(mem, head, n as u32)?;
+            used = true;
+            counters.frame(n - neg.hdr_len);
+            continue;
+        }
+        if !neg.mrg_rxbuf {
+            // The chain is reusable for the next frame; this one can't fit.
+            q.go_to_previous_position();
+            counters.drop(Drop::RxTooLarge);
+            continue;
+        }
+        let first = Taken {
+            head,
+            iovs: std::mem::take(&mut st.guest),
+            cap,
+        };
+        let overflow = &st.bounce[..n - cap];
+        match spread_overflow(q, mem, first, overflow, n, neg, counters, &mut used)? {
+            Ok(()) => {}
+            Err(frame) => {
+                st.pending = Some(frame);
+                if q.enable_notification(mem)? {
+                    continue;
+                }
+                break RxOutcome::NoBuffers;
+            }
+        }
+    };
+    if used && q.needs_notification(mem)? {
+        if let Err(e) = guard.signal_used_queue() {
+            debug!("event=rx_signal_failed err={e}");
+        }
+    }
+    Ok(outcome)
+}
+
+/// Writes `num_buffers` into the header at the front of the first chain.
+fn set_num_buffers(first: &[libc::iovec], neg: Negotiated, n: u16) {
+    if neg.hdr_len >= HDR_LEN_V1 {
+        iov::copy_to(first, NUM_BUFFERS_OFFSET, &n.to_le_bytes());
+    }
+}
+
+/// Pops chains until `need` bytes fit (at most one chain without
+/// MRG_RXBUF). Chains the guest got wrong are returned separately, to be
+/// completed empty after the frame's own chains.
+fn take_chains(
+    q: &mut Queue,
+    mem: &GuestMemoryMmap,
+    hdr_len: usize,
+    mut room: usize,
+    need: usize,
+    taken: &mut Vec<Taken>,
+    bad: &mut Vec<u16>,
+) {
+    let limit = usize::from(q.size());
+    while room < need && taken.len() + bad.len() < limit {
+        let Some(chain) = q.pop_descriptor_chain(mem) else {
+            return;
+        };
+        let head = chain.head_index();
+        let mut iovs = Vec::new();
+        match iov::gather(chain, mem, true, &mut iovs) {
+            Ok(cap) if !taken.is_empty() || cap >= hdr_len => {
+                room += cap;
+                taken.push(Taken { head, iovs, cap });
+            }
+            Ok(_) | Err(_) => bad.push(head),
+        }
+    }
+}
+
+/// Completes a frame whose first `first.cap` bytes already sit in the first
+/// chain and whose rest is `overflow`. On too few buffers, returns the whole
+/// frame as host bytes (and gives every chain back) so it can wait.
+#[allow(clippy::too_many_arguments)]
+fn spread_overflow(
+    q: &mut Queue,
+    mem: &GuestMemoryMmap,
+    first: Taken,
+    overflow: &[u8],
+    total: usize,
+    neg: Negotiated,
+    counters: &QueueCounters,
+    used: &mut bool,
+) -> Result<Result<(), Vec<u8>>, virtio_queue::Error> {
+    let mut taken = vec![first];
+    let mut bad = Vec::new();
+    take_chains(
+        q,
+        mem,
+        neg.hdr_len,
+        taken[0].cap,
+        total,
+        &mut taken,
+        &mut bad,
+    );
+    let caps = taken.iter().map(|t| t.cap);
+    let Ok(lens) = spread(total, neg.hdr_len, caps, true) else {
+        let mut frame = vec![0u8; total];
+        let cap = taken[0].cap;
+        iov::copy_from(&taken[0].iovs, 0, &mut frame[..cap]);
+        frame[cap..].copy_from_slice(overflow);
+        for _ in 0..taken.len() + bad.len() {
+            q.go_to_previous_position();
+        }
+        return Ok(Err(frame));
+    };
+    let mut off = 0usize;
+    for (t, &len) in taken.iter().zip(&lens).skip(1) {
+        let src_start = off;
+        iov::copy_to(&t.iovs, 0, &overflow[src_start..src_start + len]);
+        off += len;
+    }
+    complete(q, mem, &taken, &lens, &bad, neg, counters, used)?;
+    counters.frame(total - neg.hdr_len);
+    Ok(Ok(()))
+}
+
+/// Delivers a parked frame by copying it into as many chains as needed.
+fn place_copy(
+    q: &mut Queue,
+    mem: &GuestMemoryMmap,
+    frame: &[u8],
+    neg: Negotiated,
+    counters: &QueueCounters,
+    used: &mut bool,
+) -> Result<Placed, virtio_queue::Error> {
+    let mut taken = Vec::new();
+    let mut bad = Vec::new();
+    let need = if neg.mrg_rxbuf { frame.len() } else { 1 };
+    take_chains(q, mem, neg.hdr_len, 0, need, &mut taken, &mut bad);
+    let ring_exhausted = taken.len() + bad.len() >= usize::from(q.size());
+    match spread(
+        frame.len(),
+        neg.hdr_len,
+        taken.iter().map(|t| t.cap),
+        neg.mrg_rxbuf,
+    ) {
+        Ok(lens) => {
+            let mut off = 0usize;
+            for (t, &len) in taken.iter().zip(&lens) {
+                iov::copy_to(&t.iovs, 0, &frame[off..off + len]);
+                off += len;
+            }
+            complete(q, mem, &taken, &lens, &bad, neg, counters, used)?;
+            counters.frame(frame.len() - neg.hdr_len);
+            Ok(Placed::Delivered)
+        }
+        Err(_) if ring_exhausted => {
+            // Even the whole ring can't hold it: waiting would never end.
+            for _ in 0..taken.len() + bad.len() {
+                q.go_to_previous_position();
+            }
+            counters.drop(Drop::RxTooLarge);
+            Ok(Placed::Delivered)
+        }
+        Err(_) => {
+            for _ in 0..taken.len() + bad.len() {
+                q.go_to_previous_position();
+            }
+            Ok(Placed::NoRoom)
+        }
+    }
+}
+
+/// Publishes a frame's chains (in order, `num_buffers` in the first), then
+/// the malformed chains met on the way, empty.
+#[allow(clippy::too_many_arguments)]
+fn complete(
+    q: &mut Queue,
+    mem: &GuestMemoryMmap,
+    taken: &[Taken],
+    lens: &[usize],
+    bad: &[u16],
+    neg: Negotiated,
+    counters: &QueueCounters,
+    used: &mut bool,
+) -> Result<(), virtio_queue::Error> {
+    let count = u16::try_from(lens.len()).unwrap_or(u16::MAX);
+    set_num_buffers(&taken[0].iovs, neg, count);
+    for (t, &len) in taken.iter().zip(lens) {
+        q.add_used(mem, t.head, len as u32)?;
+    }
+    // Chains popped past the frame's last buffer (none in practice: we stop
+    // as soon as the frame fits) are not published here.
+    for &head in bad {
+        counters.drop(Drop::BadChain);
+        q.add_used(mem, head, 0)?;
+    }
+    *used = true;
+    Ok(())
+}
