@@ -229,6 +229,20 @@ impl Initramfs {
     }
 }
 
+/// Writes a plain test-guest image: busybox, `modules` (with dependencies)
+/// and `scenario`.
+pub fn guest_initramfs(
+    modules_dir: &Path,
+    modules: &[&str],
+    scenario: &str,
+    out: &Path,
+) -> Result<(), InitramfsError> {
+    let tree = ModuleTree::open(modules_dir)?;
+    let mut img = Initramfs::new();
+    img.busybox()?.modules(&tree, modules)?.scenario(scenario);
+    img.write(out)
+}
+
 /// Whether an ELF64 image has a PT_INTERP program header (is dynamically linked).
 fn has_interpreter(elf: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;

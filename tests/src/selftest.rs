@@ -4,11 +4,12 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::binaries::{BinaryNotFound, project_binary};
 use crate::console::ConsoleError;
+use crate::daemon::{Daemon, DaemonError};
 use crate::host_a::HostA;
 use crate::host_b::{HostB, L1_BIN_DIR};
 use crate::initramfs::{Initramfs, InitramfsError};
@@ -36,8 +37,8 @@ pub enum SelfTestError {
     Guest { what: String, detail: String },
     #[error(transparent)]
     Console(#[from] ConsoleError),
-    #[error("{0} did not create its socket {1} in time")]
-    NoSocket(String, PathBuf),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
     #[error("check failed: {0}")]
     Check(String),
 }
@@ -51,40 +52,13 @@ pub struct Report {
     pub facts: Vec<String>,
 }
 
-/// Kills and reaps a child process when dropped.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_socket(path: &Path, who: &str, child: &mut Child) -> Result<(), SelfTestError> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if path.exists() {
-            return Ok(());
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(SelfTestError::Guest {
-                what: format!("{who} exited before listening"),
-                detail: format!("{status}"),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err(SelfTestError::NoSocket(who.into(), path.into()))
-}
-
 /// The byte pattern the guest writes: a repeated marker line.
 pub fn pattern(len: usize, tag: &str) -> Vec<u8> {
     let line = format!("VIADUCT-{tag}-PATTERN\n");
     line.as_bytes().iter().copied().cycle().take(len).collect()
 }
 
-fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, SelfTestError> {
+pub fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, SelfTestError> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(path).map_err(|e| SelfTestError::Io(path.into(), e))?;
     let mut buf = vec![0u8; len];
@@ -93,7 +67,7 @@ fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, SelfTestErro
     Ok(buf)
 }
 
-fn write_at(path: &Path, offset: u64, data: &[u8]) -> Result<(), SelfTestError> {
+pub fn write_at(path: &Path, offset: u64, data: &[u8]) -> Result<(), SelfTestError> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -103,7 +77,7 @@ fn write_at(path: &Path, offset: u64, data: &[u8]) -> Result<(), SelfTestError> 
         .map_err(|e| SelfTestError::Io(path.into(), e))
 }
 
-fn md5_of(data: &[u8]) -> Result<String, SelfTestError> {
+pub fn md5_of(data: &[u8]) -> Result<String, SelfTestError> {
     use std::io::Write;
     let mut child = Command::new("md5sum")
         .stdin(Stdio::piped())
@@ -155,15 +129,8 @@ pub fn host_a(kernel: &GuestKernel, work: &Path) -> Result<Report, SelfTestError
             "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path={},writable=on",
             sock.display()
         ),
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let child = qsd
-        .spawn()
-        .map_err(|e| SelfTestError::Io("qemu-storage-daemon".into(), e))?;
-    let mut qsd = Reaper(child);
-    wait_for_socket(&sock, "qemu-storage-daemon", &mut qsd.0)?;
+    ]);
+    let qsd = Daemon::start(qsd, &sock, &work.join("qsd.log"))?;
 
     let tree = ModuleTree::open(&kernel.modules)?;
     let mut img = Initramfs::new();
