@@ -1,5 +1,12 @@
-//! Viaduct's VMM core: KVM set-up, boot, platform devices and the PCI bus.
-//!
-//! Only the KVM capability check exists so far; booting guests is issue 5.
+//! Viaduct's VMM core: KVM set-up, boot (bzImage and PVH), vCPUs, platform
+//! devices, and the event loop that runs a VM to its end.
 
+pub mod boot;
+pub mod config;
+pub mod cpu;
+pub mod devices;
+pub mod event_loop;
 pub mod kvm_check;
+pub mod lifecycle;
+pub mod memory;
+pub mod vm;

@@ -1,20 +1,64 @@
-//! `viaduct`: the VMM binary.
+//! `viaduct`: the VMM binary. Command-line parsing only; the work is in
+//! the `vmm_core` library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use vmm_core::config::{self, VmConfig};
 
 /// Viaduct: a compact KVM VMM whose disks and NICs are served by vhost-user daemons.
 ///
-/// Booting guests is not implemented yet (see docs/status.md). What works today:
+/// Boot a stock kernel (bzImage, or an ELF vmlinux through its PVH entry) with
+/// 2 vCPUs, 512 MiB, an initramfs and a disk served by a vhost-user-blk daemon:
+///
+///   viaduct --kernel /boot/vmlinuz --initramfs initrd.cpio \
+///           --cmdline 'console=ttyS0 reboot=k panic=-1' \
+///           --cpus 2 --memory 512M --disk socket=/run/blk0.sock,num_queues=2
+///
+/// The guest's serial console is on stdio. Guest power-off or reboot ends viaduct
+/// with status 0; a guest panic or a VMM failure ends it with status 1 and a
+/// one-line reason on stderr; bad arguments with status 2 before anything starts.
 ///
 ///   viaduct check-kvm      # open /dev/kvm, create a VM and a vCPU, list capabilities
-///   viaduct sriov list     # SR-IOV PFs and VFs; see `viaduct sriov --help`
 #[derive(Parser, Debug)]
-#[command(name = "viaduct", version, verbatim_doc_comment)]
+#[command(
+    name = "viaduct",
+    version,
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Kernel image: a bzImage, or an uncompressed ELF vmlinux with a PVH note.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initramfs (cpio archive, optionally compressed as the kernel supports).
+    #[arg(long, value_name = "PATH")]
+    initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = config::DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cpus: u32,
+    /// Guest RAM: SIZE[,hugepages=on] (memfd-backed, shared with vhost-user backends).
+    #[arg(long, value_name = "SIZE[,hugepages=on]", default_value = "512M")]
+    memory: String,
+    /// A vhost-user-blk disk: socket=PATH[,num_queues=N][,queue_size=N]. Repeatable.
+    #[arg(long, value_name = "socket=PATH,...")]
+    disk: Vec<String>,
+    /// A vhost-user-net NIC: socket=PATH[,mac=MAC][,num_queue_pairs=N][,queue_size=N]. Repeatable.
+    #[arg(long, value_name = "socket=PATH,...")]
+    net: Vec<String>,
+    /// Serial console: stdio, file=PATH or off.
+    #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio")]
+    serial: String,
+    /// Control API socket (reserved; not served yet).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -22,47 +66,83 @@ enum Command {
     /// Check that this host's KVM can run Viaduct: creates a VM and a vCPU and
     /// prints one `key=value` line per capability. Exit status 0 when usable.
     CheckKvm,
-    /// Manage SR-IOV virtual functions: create, configure (MAC, VLAN, spoof
-    /// checking...), bind to vfio-pci for passthrough.
-    ///
-    /// Example: viaduct sriov create --pf enp1s0 --num-vfs 2 &&
-    ///          viaduct sriov set --pf enp1s0 --vf 0 --mac 02:00:00:00:00:01 --vlan 100 --spoofchk on &&
-    ///          viaduct sriov bind --vf 0000:01:10.0
-    #[command(subcommand, verbatim_doc_comment)]
-    Sriov(vfio_passthrough::sriov::cli::SriovCommand),
+}
+
+fn vm_config(cli: Cli) -> anyhow::Result<VmConfig> {
+    let kernel = cli
+        .kernel
+        .context("--kernel PATH is required (see --help)")?;
+    let cfg = VmConfig {
+        kernel,
+        initramfs: cli.initramfs,
+        cmdline: cli.cmdline,
+        cpus: config::check_cpus(cli.cpus)?,
+        memory: config::parse_memory(&cli.memory)?,
+        disks: cli
+            .disk
+            .iter()
+            .map(|d| config::parse_disk(d))
+            .collect::<Result<_, _>>()?,
+        nets: cli
+            .net
+            .iter()
+            .map(|n| config::parse_net(n))
+            .collect::<Result<_, _>>()?,
+        serial: config::parse_serial(&cli.serial)?,
+        api_socket: cli.api_socket,
+    };
+    cfg.validate()?;
+    if !cfg.disks.is_empty() || !cfg.nets.is_empty() {
+        anyhow::bail!("--disk and --net need the PCI transport, which is not built yet");
+    }
+    if cfg.api_socket.is_some() {
+        log::warn!("--api-socket is accepted but not served yet");
+    }
+    Ok(cfg)
+}
+
+fn check_kvm() -> ExitCode {
+    match vmm_core::kvm_check::check_kvm() {
+        Ok(report) => {
+            print!("{}", report.render());
+            println!("kvm_ok=1");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("viaduct: {:#}", anyhow::Error::from(e));
+            println!("kvm_ok=0");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     env_logger::init();
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::CheckKvm) => match vmm_core::kvm_check::check_kvm() {
-            Ok(report) => {
-                print!("{}", report.render());
-                println!("kvm_ok=1");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("viaduct: {:#}", anyhow::Error::from(e));
-                println!("kvm_ok=0");
-                ExitCode::FAILURE
-            }
-        },
-        Some(Command::Sriov(cmd)) => {
-            let sysfs = vfio_passthrough::sriov::pci::Sysfs::default();
-            match vfio_passthrough::sriov::cli::run(&cmd, &sysfs, &mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("viaduct sriov: {:#}", anyhow::Error::from(e));
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        None => {
-            eprintln!(
-                "viaduct: booting a guest is not implemented yet (issue 5); try `viaduct check-kvm`"
-            );
-            ExitCode::from(2)
-        }
+    if let Some(Command::CheckKvm) = cli.command {
+        return check_kvm();
     }
+    let cfg = match vm_config(cli) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("viaduct: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = match vmm_core::vm::run(&cfg) {
+        Ok(outcome) => {
+            if outcome.code != 0 {
+                eprintln!("viaduct: {}", outcome.message);
+            }
+            outcome.code
+        }
+        Err(e) => {
+            eprintln!("viaduct: {:#}", anyhow::Error::from(e));
+            1
+        }
+    };
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // Exit now: vCPU threads may still be inside KVM_RUN.
+    std::process::exit(i32::from(code))
 }

@@ -1,0 +1,8 @@
+//! Platform devices on the port bus: the serial console, the i8042 reset
+//! line and the CMOS clock; and the bus they sit on.
+
+pub mod bus;
+pub mod cmos;
+pub mod console;
+pub mod i8042;
+pub mod serial;

@@ -1,0 +1,223 @@
+//! A VM from configuration to exit status: KVM VM with the in-kernel
+//! irqchip and PIT, memfd-backed RAM as memslots, the platform devices on
+//! the port bus, the kernel loaded, one thread per vCPU, and the event
+//! loop until the guest powers off, reboots, panics, or the VMM fails.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_bindings::{
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::boot::{self, BootEntry, BootSpec, layout};
+use crate::config::{MemoryConfig, SerialMode, VmConfig};
+use crate::cpu::regs;
+use crate::cpu::vcpu::{Vcpu, VcpuError};
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::cmos::{self, Cmos};
+use crate::devices::console::ConsoleOutput;
+use crate::devices::i8042::{self, I8042};
+use crate::devices::serial::{COM1_BASE, COM1_GSI, COM1_LEN, SerialDevice};
+use crate::event_loop::{self, EventLoopError};
+use crate::lifecycle::{Lifecycle, Outcome};
+use crate::memory::{GuestRam, MemoryError};
+
+/// Why the VM could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm")]
+    Kvm(#[source] kvm_ioctls::Error),
+    #[error("KVM {0} failed")]
+    KvmCall(&'static str, #[source] kvm_ioctls::Error),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("cannot open serial output {0}")]
+    SerialFile(String, #[source] std::io::Error),
+}
+
+/// A KVM VM with its RAM, buses and lifecycle.
+pub struct Vm {
+    pub kvm: Kvm,
+    pub fd: VmFd,
+    pub ram: GuestRam,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+impl Vm {
+    /// Creates the VM, its interrupt controllers, PIT and RAM.
+    pub fn new(memory: MemoryConfig) -> Result<Self, VmError> {
+        let kvm = Kvm::new().map_err(VmError::Kvm)?;
+        let fd = kvm
+            .create_vm()
+            .map_err(|e| VmError::KvmCall("CREATE_VM", e))?;
+        fd.set_tss_address(layout::KVM_TSS_ADDR as usize)
+            .map_err(|e| VmError::KvmCall("SET_TSS_ADDR", e))?;
+        fd.create_irq_chip()
+            .map_err(|e| VmError::KvmCall("CREATE_IRQCHIP", e))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(|e| VmError::KvmCall("CREATE_PIT2", e))?;
+        let ram = GuestRam::new(memory.size, memory.hugepages)?;
+        for (slot, region) in ram.mem.iter().enumerate() {
+            let host = ram
+                .mem
+                .get_host_address(region.start_addr())
+                .map_err(|_| VmError::Memory(MemoryError::TooSmall(0)))?;
+            let mr = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mapping owned by `ram`, which the
+            // VM keeps for as long as the memslot exists (the VM's lifetime).
+            unsafe { fd.set_user_memory_region(mr) }
+                .map_err(|e| VmError::KvmCall("SET_USER_MEMORY_REGION", e))?;
+        }
+        Ok(Self {
+            kvm,
+            fd,
+            ram,
+            pio: Arc::new(Bus::new()),
+            mmio: Arc::new(Bus::new()),
+            lifecycle: Arc::new(Lifecycle::new().map_err(VmError::EventFd)?),
+        })
+    }
+
+    /// COM1 (IRQ 4 via irqfd), the i8042 reset line and the CMOS clock.
+    pub fn add_platform_devices(
+        &self,
+        console: Option<Box<dyn Write + Send>>,
+    ) -> Result<Arc<Mutex<SerialDevice>>, VmError> {
+        let irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        self.fd
+            .register_irqfd(&irq, COM1_GSI)
+            .map_err(|e| VmError::KvmCall("IRQFD (COM1)", e))?;
+        let out = ConsoleOutput::new(console, self.lifecycle.clone());
+        let serial = Arc::new(Mutex::new(SerialDevice::new(irq, out)));
+        self.pio.insert(serial.clone(), COM1_BASE, COM1_LEN)?;
+        for port in [i8042::DATA_PORT, i8042::COMMAND_PORT] {
+            let dev = Arc::new(Mutex::new(I8042::new(self.lifecycle.clone(), port)));
+            self.pio.insert(dev, port, 1)?;
+        }
+        self.pio
+            .insert(Arc::new(Mutex::new(Cmos::default())), cmos::PORT, 2)?;
+        Ok(serial)
+    }
+
+    /// Creates and configures `count` vCPUs; vCPU 0 starts at `boot`.
+    pub fn create_vcpus(&self, count: u8, boot: BootEntry) -> Result<Vec<Vcpu>, VmError> {
+        let cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| VmError::KvmCall("GET_SUPPORTED_CPUID", e))?;
+        regs::write_boot_tables(&self.ram.mem, boot.mode)?;
+        (0..count)
+            .map(|id| {
+                let fd = self
+                    .fd
+                    .create_vcpu(u64::from(id))
+                    .map_err(|e| VmError::KvmCall("CREATE_VCPU", e))?;
+                let entry = (id == 0).then_some(boot);
+                Ok(Vcpu::new(
+                    id,
+                    count,
+                    fd,
+                    &cpuid,
+                    entry,
+                    self.pio.clone(),
+                    self.mmio.clone(),
+                    self.lifecycle.clone(),
+                )?)
+            })
+            .collect()
+    }
+
+    /// Guest RAM start address of the first region (for tests).
+    pub fn ram_base(&self) -> GuestAddress {
+        GuestAddress(0)
+    }
+}
+
+fn console_sink(mode: &SerialMode) -> Result<Option<Box<dyn Write + Send>>, VmError> {
+    Ok(match mode {
+        SerialMode::Stdio => Some(Box::new(std::io::stdout())),
+        SerialMode::Off => None,
+        SerialMode::File(p) => {
+            Some(Box::new(File::create(p).map_err(|e| {
+                VmError::SerialFile(p.display().to_string(), e)
+            })?))
+        }
+    })
+}
+
+/// Boots the configured guest and runs it to its end.
+pub fn run(cfg: &VmConfig) -> Result<Outcome, VmError> {
+    let started = Instant::now();
+    let vm = Vm::new(cfg.memory)?;
+    let serial = vm.add_platform_devices(console_sink(&cfg.serial)?)?;
+    let spec = BootSpec {
+        kernel: &cfg.kernel,
+        initramfs: cfg.initramfs.as_deref(),
+        cmdline: &cfg.cmdline,
+        cpus: cfg.cpus,
+    };
+    let entry = boot::load(&vm.ram, &spec)?;
+    log::info!("kernel entry {:#x} ({:?})", entry.rip, entry.mode);
+    let vcpus = vm.create_vcpus(cfg.cpus, entry)?;
+    let mut handles = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        handles.push(vcpu.spawn()?);
+    }
+    let input = (cfg.serial == SerialMode::Stdio).then_some(serial);
+    event_loop::run(&vm.lifecycle, input)?;
+    let outcome = vm.lifecycle.outcome().unwrap_or(Outcome {
+        code: 1,
+        message: "VM stopped without a reason".into(),
+    });
+    log::info!(
+        "{} after {:.2}s; peak RSS {} KiB",
+        outcome.message,
+        started.elapsed().as_secs_f64(),
+        peak_rss_kib()
+    );
+    // vCPU threads still blocked in KVM_RUN end with the process.
+    Ok(outcome)
+}
+
+/// The process's peak resident set size.
+pub fn peak_rss_kib() -> i64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a `rusage` into the pointer, which is valid
+    // for the struct's size; the result is only read on success.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return -1;
+    }
+    // SAFETY: getrusage succeeded and initialized the struct.
+    unsafe { usage.assume_init() }.ru_maxrss
+}
