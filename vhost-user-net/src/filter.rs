@@ -226,3 +226,105 @@ pub fn spawn_relay(front: UnixStream, back: UnixStream) -> io::Result<Vec<JoinHa
         })?;
     Ok(vec![t1, t2])
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn raw(request: u32, flags: u32, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&request.to_le_bytes());
+        v.extend_from_slice(&flags.to_le_bytes());
+        v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn enable_payload(index: u32, enable: u32) -> Vec<u8> {
+        let mut p = index.to_le_bytes().to_vec();
+        p.extend_from_slice(&enable.to_le_bytes());
+        p
+    }
+
+    fn read_exactly(s: &mut UnixStream, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        s.read_exact(&mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn early_enable_is_acked_deferred_and_replayed_after_set_features() {
+        let (mut fe, relay_front) = UnixStream::pair().unwrap();
+        let (relay_back, mut be) = UnixStream::pair().unwrap();
+        be.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        fe.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let threads = spawn_relay(relay_front, relay_back).unwrap();
+
+        // Early enables: ring 0 on (with NEED_REPLY), ring 2 off.
+        fe.write_all(&raw(
+            REQ_SET_VRING_ENABLE,
+            FLAG_VERSION | FLAG_NEED_REPLY,
+            &enable_payload(0, 1),
+        ))
+        .unwrap();
+        let reply = read_exactly(&mut fe, HDR_LEN + 8);
+        assert_eq!(
+            reply,
+            raw(
+                REQ_SET_VRING_ENABLE,
+                FLAG_VERSION | FLAG_REPLY,
+                &0u64.to_le_bytes()
+            )
+        );
+        fe.write_all(&raw(
+            REQ_SET_VRING_ENABLE,
+            FLAG_VERSION,
+            &enable_payload(2, 0),
+        ))
+        .unwrap();
+
+        // SET_FEATURES passes, then the deferred enable=1 (only) follows.
+        let features = raw(REQ_SET_FEATURES, FLAG_VERSION, &(1u64 << 30).to_le_bytes());
+        fe.write_all(&features).unwrap();
+        assert_eq!(read_exactly(&mut be, features.len()), features);
+        assert_eq!(
+            read_exactly(&mut be, HDR_LEN + 8),
+            raw(REQ_SET_VRING_ENABLE, FLAG_VERSION, &enable_payload(0, 1))
+        );
+
+        // Later enables and replies pass unchanged.
+        let late = raw(REQ_SET_VRING_ENABLE, FLAG_VERSION, &enable_payload(2, 1));
+        fe.write_all(&late).unwrap();
+        assert_eq!(read_exactly(&mut be, late.len()), late);
+        let answer = raw(1, FLAG_VERSION | FLAG_REPLY, &7u64.to_le_bytes());
+        be.write_all(&answer).unwrap();
+        assert_eq!(read_exactly(&mut fe, answer.len()), answer);
+
+        // Hang-up on one side ends the relay and closes the other.
+        drop(fe);
+        let mut rest = Vec::new();
+        assert_eq!(be.read_to_end(&mut rest).unwrap(), 0);
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn oversized_message_closes_the_connection() {
+        let (mut fe, relay_front) = UnixStream::pair().unwrap();
+        let (relay_back, mut be) = UnixStream::pair().unwrap();
+        be.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let threads = spawn_relay(relay_front, relay_back).unwrap();
+        let mut hdr = raw(REQ_SET_FEATURES, FLAG_VERSION, &[]);
+        hdr[8..12].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
+        fe.write_all(&hdr).unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(be.read_to_end(&mut rest).unwrap(), 0, "nothing forwarded");
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}

@@ -237,3 +237,22 @@ impl QueuePair {
 /// Weak references to the worker epolls (the backend must not keep the
 /// daemon's handlers alive: they hold the backend).
 pub type EpollRefs = Vec<Weak<PairEpoll>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_map_to_directions() {
+        let w = Wake::from_event(0, EventSet::IN, 3);
+        assert!(w.rx && !w.tx);
+        let w = Wake::from_event(1, EventSet::IN, 3);
+        assert!(!w.rx && w.tx);
+        let w = Wake::from_event(3, EventSet::OUT, 3);
+        assert!(!w.rx && w.tx, "tap writable again: resume tx");
+        let w = Wake::from_event(3, EventSet::IN | EventSet::OUT, 3);
+        assert!(w.rx && w.tx);
+        let w = Wake::from_event(3, EventSet::HANG_UP, 3);
+        assert!(w.rx && !w.tx);
+    }
+}

@@ -26,7 +26,7 @@ use crate::tap::{self, TapError, TapQueue};
 /// A start-up or serve-loop failure.
 #[derive(Debug, Error)]
 pub enum ServeError {
-    #[error("tap")]
+    #[error(transparent)]
     Tap(#[from] TapError),
     #[error("socket {0:?} is in use by a running process")]
     SocketInUse(String),
@@ -38,7 +38,7 @@ pub enum ServeError {
     },
     #[error("fd {0} is not a listening unix socket")]
     ListenFd(i32, #[source] io::Error),
-    #[error("backend")]
+    #[error(transparent)]
     Backend(#[from] BackendError),
     #[error("vhost-user daemon: {0}")]
     Daemon(String),

@@ -128,7 +128,7 @@ pub struct Ring {
     pub desc: u64,
     pub avail: u64,
     pub used: u64,
-    next_desc: u16,
+    pub next_desc: u16,
     avail_idx: u16,
     last_used: u16,
 }
