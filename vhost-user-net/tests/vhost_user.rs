@@ -314,3 +314,83 @@ fn reconnect_serves_a_new_frontend_with_the_same_tap() {
     }
     assert_eq!(d.counters[0].tx.packets(), 3);
 }
+
+#[test]
+fn rx_frame_parked_until_the_guest_adds_enough_buffers() {
+    enter_private_netns();
+    let d = Daemon::start("vut-park0", 1);
+    let wire = PacketSocket::open(&d.tap, false);
+    let mut g = Guest::connect(&d, VERSION_1 | MRG_RXBUF);
+    let first = g.post_rx(BUF_BASE, 1, 512);
+    let f = frame(1400, 20);
+    wire.send(&f);
+    // One 512-byte buffer can't take 1412 bytes: nothing is published yet.
+    assert_eq!(g.rx.wait_used(&g.mem, Duration::from_millis(300)), None);
+    let more = g.post_rx(BUF_BASE + 0x1000, 4, 512);
+    let mut got = Vec::new();
+    let mut heads = Vec::new();
+    while got.len() < 12 + f.len() {
+        let (id, len) = g.rx.wait_used(&g.mem, T).expect("parked frame delivered");
+        let at = first
+            .iter()
+            .chain(&more)
+            .find(|b| u32::from(b.0) == id)
+            .unwrap()
+            .1;
+        got.extend_from_slice(&g.read(at, len as usize));
+        heads.push(id);
+    }
+    assert_eq!(
+        heads[0],
+        u32::from(first[0].0),
+        "starts in the first buffer"
+    );
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3);
+    assert_eq!(&got[12..], &f[..]);
+    let c = &d.counters[0].rx;
+    assert_eq!((c.packets(), c.drops(Drop::RxTooLarge)), (1, 0));
+}
+
+#[test]
+fn rx_without_mrg_drops_frames_larger_than_a_buffer_and_goes_on() {
+    enter_private_netns();
+    let d = Daemon::start("vut-big0", 1);
+    let wire = PacketSocket::open(&d.tap, false);
+    let mut g = Guest::connect(&d, VERSION_1);
+    let bufs = g.post_rx(BUF_BASE, 2, 512);
+    wire.send(&frame(1400, 21));
+    let small = frame(100, 22);
+    wire.send(&small);
+    let (id, len) = g.rx.wait_used(&g.mem, T).expect("small frame");
+    assert_eq!(
+        id,
+        u32::from(bufs[0].0),
+        "the big frame did not consume a buffer"
+    );
+    assert_eq!(g.read(bufs[0].1 + 12, len as usize - 12), small);
+    assert_eq!(d.counters[0].rx.drops(Drop::RxTooLarge), 1);
+}
+
+#[test]
+fn rx_bad_buffers_are_returned_empty_and_counted() {
+    enter_private_netns();
+    let d = Daemon::start("vut-badrx0", 1);
+    let wire = PacketSocket::open(&d.tap, false);
+    let mut g = Guest::connect(&d, VERSION_1);
+    // Device-readable (wrong direction), too small for the header, and
+    // outside guest memory; then a good one.
+    let h1 = g.rx.add(&g.mem, &[(BUF_BASE, 2048, false)]);
+    let h2 = g.rx.add(&g.mem, &[(BUF_BASE + 0x1000, 8, true)]);
+    let h3 = g.rx.add(&g.mem, &[(MEM_SIZE as u64 - 100, 2048, true)]);
+    let good = g.rx.add(&g.mem, &[(BUF_BASE + 0x2000, 2048, true)]);
+    g.kick_rx();
+    let f = frame(300, 23);
+    wire.send(&f);
+    for h in [h1, h2, h3] {
+        assert_eq!(g.rx.wait_used(&g.mem, T), Some((u32::from(h), 0)));
+    }
+    let (id, len) = g.rx.wait_used(&g.mem, T).expect("frame");
+    assert_eq!(id, u32::from(good));
+    assert_eq!(g.read(BUF_BASE + 0x2000 + 12, len as usize - 12), f);
+    assert_eq!(d.counters[0].rx.drops(Drop::BadChain), 3);
+}
