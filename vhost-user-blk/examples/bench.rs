@@ -4,7 +4,6 @@
 //!
 //! Usage: bench SOCKET QUEUE_DEPTH SECONDS DISK_BYTES
 
-#[allow(dead_code)]
 #[path = "../tests/common/frontend.rs"]
 mod frontend;
 
