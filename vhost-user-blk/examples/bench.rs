@@ -2,7 +2,7 @@
 //! random reads at a fixed queue depth against any vhost-user-blk backend
 //! (this daemon or qemu-storage-daemon), one queue, EVENT_IDX on.
 //!
-//! Usage: bench SOCKET QUEUE_DEPTH SECONDS DISK_BYTES
+//! Usage: bench SOCKET QUEUE_DEPTH SECONDS DISK_BYTES [randread|randwrite]
 
 #[path = "../tests/common/frontend.rs"]
 mod frontend;
@@ -14,14 +14,20 @@ use virtio_queue::desc::split::Descriptor;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 5 {
-        eprintln!("usage: bench SOCKET QUEUE_DEPTH SECONDS DISK_BYTES");
+    if args.len() != 5 && args.len() != 6 {
+        eprintln!("usage: bench SOCKET QUEUE_DEPTH SECONDS DISK_BYTES [randread|randwrite]");
         std::process::exit(2);
     }
     let socket = std::path::PathBuf::from(&args[1]);
     let qd: u16 = args[2].parse().expect("queue depth");
     let secs: u64 = args[3].parse().expect("seconds");
     let disk: u64 = args[4].parse().expect("disk bytes");
+    let write = args.get(5).is_some_and(|m| m == "randwrite");
+    let (req, data_flags) = if write {
+        (VIRTIO_BLK_T_OUT, 1)
+    } else {
+        (VIRTIO_BLK_T_IN, 1 | 2)
+    };
     let blocks = disk / 4096;
     let size = 256u16;
     assert!(qd >= 1 && qd * 3 <= size, "queue depth 1-{}", size / 3);
@@ -33,7 +39,7 @@ fn main() {
         let slot = u64::from(i);
         let d = 3 * i;
         q.write_desc(d, Descriptor::new(q.scratch(slot), 16, 1, d + 1));
-        q.write_desc(d + 1, Descriptor::new(q.buf(slot), 4096, 1 | 2, d + 2));
+        q.write_desc(d + 1, Descriptor::new(q.buf(slot), 4096, data_flags, d + 2));
         q.write_desc(d + 2, Descriptor::new(q.scratch(slot) + 16, 1, 2, 0));
     }
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
@@ -44,7 +50,7 @@ fn main() {
         (rng % blocks) * 8
     };
     for i in 0..qd {
-        q.write_header(u64::from(i), VIRTIO_BLK_T_IN, next_sector());
+        q.write_header(u64::from(i), req, next_sector());
         q.publish(3 * i);
     }
     q.kick();
@@ -59,14 +65,15 @@ fn main() {
                 errors += 1;
             }
             done += 1;
-            q.write_header(slot, VIRTIO_BLK_T_IN, next_sector());
+            q.write_header(slot, req, next_sector());
             q.publish(id as u16);
         }
         q.kick();
     }
     let elapsed = start.elapsed().as_secs_f64();
     println!(
-        "qd={qd} requests={done} errors={errors} seconds={elapsed:.2} iops={:.0}",
+        "mode={} qd={qd} requests={done} errors={errors} seconds={elapsed:.2} iops={:.0}",
+        if write { "randwrite" } else { "randread" },
         done as f64 / elapsed
     );
 }

@@ -37,4 +37,7 @@ fiorun() { # $1 = direct
   done
 }
 vub writeback; qsd off; fiorun 0
+# Random writes (page cache), same frontend.
+rm -f vub.sock; "$B/vhost-user-blk" --socket-path vub.sock --blk-file disk.img --log-level warn & D=$!; sleep 0.3
+for qd in 1 32; do echo "viaduct $("$B/examples/bench" vub.sock $qd 8 "$SIZE" randwrite)"; done; kill -TERM $D; wait $D
 vub none; qsd on; fiorun 1

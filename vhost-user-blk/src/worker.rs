@@ -22,10 +22,11 @@ use vm_memory::{
     Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
 };
 
+use crate::config::CacheMode;
 use crate::counters::QueueCounters;
 use crate::disk::{Disk, DiskBackend};
 use crate::engine::qcow2;
-use crate::engine::uring::{UringEngine, UringError, UringOp};
+use crate::engine::uring::{Inline, InlinePolicy, UringEngine, UringError, UringOp};
 
 /// Guest memory as the daemon maps it.
 pub type Mem = GuestMemoryMmap<()>;
@@ -124,7 +125,7 @@ impl QueueWorker {
             Some(fd) => Some(UringEngine::new(
                 fd,
                 u32::from(queue_size),
-                disk.cache.page_cache(),
+                inline_policy(disk.cache),
             )?),
             None => None,
         };
@@ -623,6 +624,23 @@ impl QueueWorker {
                 log::warn!("signal_failed queue={} error=\"{e}\"", self.index);
             }
         }
+    }
+}
+
+/// Which reads and writes are tried inline before the ring, per cache mode.
+fn inline_policy(cache: CacheMode) -> InlinePolicy {
+    match cache {
+        CacheMode::None => InlinePolicy::OFF,
+        CacheMode::Writethrough => InlinePolicy {
+            reads: Inline::NoWait,
+            writes: Inline::NoWait,
+            blocking_write_fallback: false,
+        },
+        CacheMode::Writeback | CacheMode::Unsafe => InlinePolicy {
+            reads: Inline::NoWait,
+            writes: Inline::NoWait,
+            blocking_write_fallback: true,
+        },
     }
 }
 

@@ -7,6 +7,10 @@
 //! into the page cache without blocking) and only goes to the ring when the
 //! kernel says it would block: buffered writes submitted to io_uring are
 //! punted to io-wq threads, which costs several times the inline path.
+//! Filesystems without buffered `RWF_NOWAIT` writes (ext4 answers
+//! EOPNOTSUPP) get plain inline page-cache writes instead when the cache mode
+//! allows it (writeback/unsafe: a 4 KiB page-cache copy is cheaper than the
+//! io-wq round trip; measured 25k vs ~50k+ IOPS at QD1, see the bench).
 
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -60,19 +64,51 @@ pub enum UringOp<'a> {
     },
 }
 
+/// How a read or write is tried before it goes to the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inline {
+    /// Straight to the ring (O_DIRECT: the ring is the fast path).
+    Off,
+    /// preadv2/pwritev2 with RWF_NOWAIT; EAGAIN → ring.
+    NoWait,
+    /// Plain synchronous pwritev2 (page-cache writes where RWF_NOWAIT is
+    /// unsupported).
+    Blocking,
+}
+
+/// Per-direction inline policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InlinePolicy {
+    /// Reads.
+    pub reads: Inline,
+    /// Writes.
+    pub writes: Inline,
+    /// Writes fall back to [`Inline::Blocking`] (not the ring) when the
+    /// filesystem refuses RWF_NOWAIT.
+    pub blocking_write_fallback: bool,
+}
+
+impl InlinePolicy {
+    /// Everything through the ring.
+    pub const OFF: InlinePolicy = InlinePolicy {
+        reads: Inline::Off,
+        writes: Inline::Off,
+        blocking_write_fallback: false,
+    };
+}
+
 /// A queue's io_uring and its completion eventfd.
 pub struct UringEngine {
     ring: IoUring,
     eventfd: EventFd,
     fd: RawFd,
-    inline_reads: bool,
-    inline_writes: bool,
+    policy: InlinePolicy,
 }
 
 impl UringEngine {
-    /// Ring for `entries` requests in flight against `fd`; `inline` enables
-    /// the RWF_NOWAIT first attempt (page-cache modes only).
-    pub fn new(fd: RawFd, entries: u32, inline: bool) -> Result<Self, UringError> {
+    /// Ring for `entries` requests in flight against `fd`, trying reads and
+    /// writes inline first as `policy` says.
+    pub fn new(fd: RawFd, entries: u32, policy: InlinePolicy) -> Result<Self, UringError> {
         let ring = IoUring::new(entries.next_power_of_two()).map_err(UringError::Setup)?;
         let eventfd = EventFd::new(EFD_NONBLOCK).map_err(UringError::EventFd)?;
         ring.submitter()
@@ -82,8 +118,7 @@ impl UringEngine {
             ring,
             eventfd,
             fd,
-            inline_reads: inline,
-            inline_writes: inline,
+            policy,
         })
     }
 
@@ -95,14 +130,18 @@ impl UringEngine {
     /// Try a read or write synchronously without blocking. `Some(result)`
     /// means it is done (bytes or `-errno`); `None` means submit it to the ring.
     pub fn try_inline(&mut self, op: &UringOp<'_>, expected: u64) -> Option<i64> {
-        let (read, iov, offset, mut flags) = match *op {
-            UringOp::Readv { iov, offset } if self.inline_reads => (true, iov, offset, 0),
-            UringOp::Writev { iov, offset, dsync } if self.inline_writes && !dsync => {
-                (false, iov, offset, 0)
+        let (read, iov, offset, mode) = match *op {
+            UringOp::Readv { iov, offset } => (true, iov, offset, self.policy.reads),
+            UringOp::Writev { iov, offset, dsync } if !dsync => {
+                (false, iov, offset, self.policy.writes)
             }
             _ => return None,
         };
-        flags |= libc::RWF_NOWAIT;
+        let flags = match mode {
+            Inline::Off => return None,
+            Inline::NoWait => libc::RWF_NOWAIT,
+            Inline::Blocking => 0,
+        };
         let iovcnt = i32::try_from(iov.len()).ok()?;
         let offset = i64::try_from(offset).ok()?;
         // SAFETY: `iov` describes guest-memory buffers the caller keeps mapped
@@ -130,11 +169,15 @@ impl UringEngine {
             libc::EOPNOTSUPP | libc::EINVAL => {
                 // This file or kernel does not do RWF_NOWAIT here: stop trying.
                 if read {
-                    self.inline_reads = false;
+                    self.policy.reads = Inline::Off;
+                    None
+                } else if self.policy.blocking_write_fallback && mode == Inline::NoWait {
+                    self.policy.writes = Inline::Blocking;
+                    self.try_inline(op, expected)
                 } else {
-                    self.inline_writes = false;
+                    self.policy.writes = Inline::Off;
+                    None
                 }
-                None
             }
             other => Some(-i64::from(other)),
         }
@@ -234,7 +277,21 @@ mod tests {
         let f = TempFile::new().unwrap();
         let mut file = f.as_file();
         file.write_all(&[0x5a; 8192]).unwrap();
-        let mut e = UringEngine::new(file.as_raw_fd(), 8, true).unwrap();
+        let policy = InlinePolicy {
+            reads: Inline::NoWait,
+            writes: Inline::NoWait,
+            blocking_write_fallback: true,
+        };
+        let mut e = UringEngine::new(file.as_raw_fd(), 8, policy).unwrap();
+        // Inline write (RWF_NOWAIT, or plain where the fs refuses it).
+        let mut first = vec![0x5au8; 4096];
+        let fv = [iov(&mut first)];
+        let op = UringOp::Writev {
+            iov: &fv,
+            offset: 0,
+            dsync: false,
+        };
+        assert_eq!(e.try_inline(&op, 4096), Some(4096));
 
         // Inline read out of the (warm) page cache.
         let mut buf = vec![0u8; 4096];
