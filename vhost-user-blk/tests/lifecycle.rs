@@ -159,3 +159,35 @@ fn sigterm_with_requests_in_flight_drains_flushes_and_exits_zero() {
     }
     assert!(!d.socket.exists(), "socket left behind");
 }
+
+#[test]
+fn sigusr1_logs_per_queue_counters() {
+    let dir = TempDir::new("usr1");
+    let img = dir.path("disk.img");
+    raw_image(&img, 1 << 20);
+    let log = dir.path("log");
+    let mut d = Daemon::start_logged(&dir.path("sock"), &img, &["--num-queues", "2"], Some(&log));
+    let mut s = connect(&d.socket, 2, 64, !0);
+    let q = &mut s.queues[1];
+    assert_eq!(q.request(VIRTIO_BLK_T_IN, 0, &[(0, 4096)]).0, S_OK);
+    assert_eq!(q.request(VIRTIO_BLK_T_OUT, 0, &[(0, 512)]).0, S_OK);
+    assert_eq!(q.request(99, 0, &[]).0, S_UNSUPP);
+    d.signal(libc::SIGUSR1);
+    let want = "queue=1 requests=3 bytes_read=4096 bytes_written=512 errors=1";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap().contains(want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no counters line {want}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("queue=0 requests=0")
+    );
+    drop(s);
+    d.signal(libc::SIGINT);
+    assert!(d.wait(Duration::from_secs(10)).success());
+}

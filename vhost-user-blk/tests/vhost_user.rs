@@ -364,3 +364,16 @@ fn write_cache_toggle_and_4k_blocks() {
     assert_eq!(q.request(VIRTIO_BLK_T_IN, 8, &[(1, 4096)]).0, S_OK);
     assert!(q.read_buf(1, 4096).iter().all(|&b| b == 0x42));
 }
+
+#[test]
+fn memory_given_with_add_mem_reg() {
+    let (_dir, d) = setup("memslots", &[]);
+    let mut s = connect_with(&d.socket, 1, 64, !0, true);
+    assert!(
+        s.protocol
+            .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+    );
+    let q = &mut s.queues[0];
+    assert_eq!(q.request(VIRTIO_BLK_T_IN, 3, &[(0, 512)]).0, S_OK);
+    assert!(q.read_buf(0, 512).iter().all(|&b| b == pattern(3)));
+}

@@ -290,6 +290,18 @@ pub struct Session {
 
 /// Connect and negotiate; `want` masks the virtio features we ack.
 pub fn connect(socket: &Path, num_queues: usize, queue_size: u16, want: u64) -> Session {
+    connect_with(socket, num_queues, queue_size, want, false)
+}
+
+/// Like [`connect`]; with `mem_slots`, negotiate CONFIGURE_MEM_SLOTS and
+/// hand memory over with ADD_MEM_REG instead of SET_MEM_TABLE.
+pub fn connect_with(
+    socket: &Path,
+    num_queues: usize,
+    queue_size: u16,
+    want: u64,
+    mem_slots: bool,
+) -> Session {
     let mem = guest_memory();
     let mut fe = Frontend::connect(socket, num_queues as u64).unwrap();
     fe.set_owner().unwrap();
@@ -297,16 +309,26 @@ pub fn connect(socket: &Path, num_queues: usize, queue_size: u16, want: u64) -> 
     let features = offered & (want | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits());
     fe.set_features(features).unwrap();
     let offered_pf = fe.get_protocol_features().unwrap();
-    let protocol = offered_pf
-        & (VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::REPLY_ACK);
+    let mut wanted_pf = VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::REPLY_ACK;
+    if mem_slots {
+        wanted_pf |= VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+    }
+    let protocol = offered_pf & wanted_pf;
     fe.set_protocol_features(protocol).unwrap();
     let regions: Vec<_> = mem
         .iter()
         .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap())
         .collect();
-    fe.set_mem_table(&regions).unwrap();
+    if mem_slots {
+        assert!(fe.get_max_mem_slots().unwrap() >= regions.len() as u64);
+        for r in &regions {
+            fe.add_mem_region(r).unwrap();
+        }
+    } else {
+        fe.set_mem_table(&regions).unwrap();
+    }
     let event_idx = features & F_EVENT_IDX != 0;
     let mut queues = Vec::new();
     for q in 0..num_queues {

@@ -46,6 +46,15 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(socket: &Path, image: &Path, extra: &[&str]) -> Daemon {
+        Self::start_logged(socket, image, extra, None)
+    }
+
+    /// Like [`Daemon::start`], with stderr (the log) going to `log` if given.
+    pub fn start_logged(socket: &Path, image: &Path, extra: &[&str], log: Option<&Path>) -> Daemon {
+        let stderr = match log {
+            Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+            None => Stdio::inherit(),
+        };
         let mut cmd = Command::new(binary());
         cmd.arg("--socket-path")
             .arg(socket)
@@ -55,7 +64,7 @@ impl Daemon {
             .arg("--log-level")
             .arg("debug")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         let child = cmd.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
