@@ -51,6 +51,9 @@ pub enum DiskError {
         /// Logical block size.
         block: u32,
     },
+    /// Another process holds the image (flock).
+    #[error("{0} is in use by another process")]
+    Locked(PathBuf),
     /// A flush failed.
     #[error("flush failed")]
     Flush(#[source] std::io::Error),
@@ -71,6 +74,9 @@ pub enum DiskBackend {
 
 /// An open disk image.
 pub struct Disk {
+    /// Holds the advisory lock (exclusive, shared when read-only) for the
+    /// daemon's lifetime, so two daemons never serve one image.
+    _lock: File,
     /// How requests reach it.
     pub backend: DiskBackend,
     /// Guest-visible size in bytes, rounded down to the logical block size.
@@ -93,6 +99,7 @@ impl Disk {
         if !block_device && !meta.file_type().is_file() {
             return Err(DiskError::NotAFile(path));
         }
+        let lock = lock_image(&path, config.read_only)?;
         let format = match config.format {
             ImageFormat::Auto if has_qcow2_magic(&path) => ImageFormat::Qcow2,
             ImageFormat::Auto => ImageFormat::Raw,
@@ -126,6 +133,7 @@ impl Disk {
             );
         }
         Ok(Disk {
+            _lock: lock,
             backend,
             size,
             path,
@@ -183,6 +191,25 @@ fn open_file(path: &Path, read_only: bool, cache: CacheMode) -> Result<File, Dis
         })
 }
 
+/// Take an advisory flock on the image through a separate descriptor.
+fn lock_image(path: &Path, read_only: bool) -> Result<File, DiskError> {
+    let file = File::open(path).map_err(|source| DiskError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let op = if read_only {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), op | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(DiskError::Locked(path.to_owned()));
+    }
+    Ok(file)
+}
+
 fn has_qcow2_magic(path: &Path) -> bool {
     let mut magic = [0u8; 4];
     File::open(path)
@@ -230,6 +257,7 @@ mod tests {
         assert_eq!(d.size, 4096);
         assert_eq!(d.capacity_sectors(), 8);
         assert!(d.raw_fd().is_some());
+        drop(d);
 
         f.as_file().set_len(4000).unwrap();
         assert!(Disk::open(&config(f.as_path(), &[])).is_ok());
@@ -240,6 +268,21 @@ mod tests {
             Disk::open(&config(f.as_path(), &[])),
             Err(DiskError::TooSmall { .. })
         ));
+    }
+
+    #[test]
+    fn second_writer_is_refused_readers_share() {
+        let f = TempFile::new().unwrap();
+        f.as_file().set_len(4096).unwrap();
+        let first = Disk::open(&config(f.as_path(), &[])).unwrap();
+        assert!(matches!(
+            Disk::open(&config(f.as_path(), &[])),
+            Err(DiskError::Locked(_))
+        ));
+        drop(first);
+        let r1 = Disk::open(&config(f.as_path(), &["--read-only"])).unwrap();
+        assert!(Disk::open(&config(f.as_path(), &["--read-only"])).is_ok());
+        drop(r1);
     }
 
     #[test]

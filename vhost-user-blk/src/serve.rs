@@ -7,7 +7,6 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -300,9 +299,4 @@ impl Server {
         drop(daemon);
         Ok(())
     }
-}
-
-/// Path helper for logs and tests.
-pub fn socket_in_use(path: &Path) -> bool {
-    UnixStream::connect(path).is_ok()
 }
