@@ -24,6 +24,7 @@ pub mod host_a;
 pub mod host_b;
 pub mod initramfs;
 pub mod kernel;
+pub mod l2;
 pub mod modules;
 pub mod netns;
 pub mod provision;

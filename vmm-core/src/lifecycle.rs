@@ -26,7 +26,7 @@ pub enum StopReason {
 pub struct ConsoleFlags {
     /// "reboot: Restarting system" was printed.
     pub restart_line: bool,
-    /// "reboot: System halted" / "reboot: Power down" was printed.
+    /// "reboot: ... System halted" / "reboot: Power down" was printed.
     pub halt_line: bool,
     /// "Kernel panic - not syncing" was printed.
     pub panic: bool,

@@ -21,7 +21,9 @@ pub enum Marker {
 pub fn classify(line: &str) -> Option<Marker> {
     if line.contains("reboot: Restarting system") {
         Some(Marker::Restart)
-    } else if line.contains("reboot: System halted") || line.contains("reboot: Power down") {
+    } else if line.contains("reboot: ")
+        && (line.contains("System halted") || line.contains("Power down"))
+    {
         Some(Marker::Halt)
     } else if line.contains("---[ end Kernel panic") {
         Some(Marker::PanicEnd)
@@ -102,6 +104,11 @@ mod tests {
             Some(Marker::Restart)
         );
         assert_eq!(classify("reboot: System halted"), Some(Marker::Halt));
+        assert_eq!(
+            classify("[    9.1] reboot: Power off not available: System halted instead"),
+            Some(Marker::Halt)
+        );
+        assert_eq!(classify("System halted"), None);
         assert_eq!(classify("[ 1.0] reboot: Power down"), Some(Marker::Halt));
         assert_eq!(
             classify("Kernel panic - not syncing: Attempted to kill init!"),
