@@ -57,13 +57,53 @@ impl Cache {
         Ok(path)
     }
 
-    /// A fresh scratch directory for one test run (removed by the caller or
-    /// left for inspection when `VIADUCT_KEEP` is set).
-    pub fn scratch(&self, tag: &str) -> Result<PathBuf, CacheError> {
+    /// A fresh scratch directory for one test run; see [`Scratch`].
+    pub fn scratch(&self, tag: &str) -> Result<Scratch, CacheError> {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        self.dir(&format!("runs/{tag}-{}-{stamp}", std::process::id()))
+        let path = self.dir(&format!("runs/{tag}-{}-{stamp}", std::process::id()))?;
+        Ok(Scratch { path })
+    }
+}
+
+/// A scratch directory, removed when dropped unless the thread is
+/// panicking (a failed test keeps its consoles and logs) or `VIADUCT_KEEP`
+/// is set.
+#[derive(Debug)]
+pub struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// Keeps the directory (for inspection after a failure) and returns its path.
+    pub fn keep(self) -> PathBuf {
+        let path = self.path.clone();
+        std::mem::forget(self);
+        path
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("VIADUCT_KEEP").is_some() {
+            eprintln!("scratch kept: {}", self.path.display());
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use guest_kit::binaries::project_binary;
-use guest_kit::cache::Cache;
+use guest_kit::cache::{Cache, Scratch};
 use guest_kit::daemon::Daemon;
 use guest_kit::host_a::HostA;
 use guest_kit::initramfs::guest_initramfs;
@@ -19,7 +19,7 @@ const MIB: u64 = 1 << 20;
 
 struct Env {
     kernel: GuestKernel,
-    work: PathBuf,
+    work: Scratch,
 }
 
 fn env(tag: &str) -> Env {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use guest_kit::binaries::project_binary;
-use guest_kit::cache::Cache;
+use guest_kit::cache::{Cache, Scratch};
 use guest_kit::daemon::Daemon;
 use guest_kit::host_a::HostA;
 use guest_kit::initramfs::guest_initramfs;
@@ -28,7 +28,7 @@ const XFER: usize = 64 << 20;
 
 struct Env {
     kernel: GuestKernel,
-    work: PathBuf,
+    work: Scratch,
     ns: NetNs,
 }
 

@@ -97,5 +97,4 @@ fn sriov_create_set_list_bind_on_igb() {
     ] {
         c.expect(key, want).unwrap_or_else(|e| panic!("{e}"));
     }
-    let _ = std::fs::remove_dir_all(&work);
 }

@@ -23,7 +23,6 @@ fn host_a_boots_a_guest_with_a_vhost_user_disk() {
                 report.name,
                 report.elapsed.as_secs_f64()
             );
-            let _ = std::fs::remove_dir_all(&work);
         }
         Err(e) => panic!("host A self-test failed: {e}"),
     }
@@ -40,7 +39,6 @@ fn host_b_runs_nested_kvm_sriov_and_vfio() {
                 report.name,
                 report.elapsed.as_secs_f64()
             );
-            let _ = std::fs::remove_dir_all(&work);
         }
         Err(e) => panic!("host B self-test failed: {e}"),
     }

@@ -94,13 +94,11 @@ fn run() -> anyhow::Result<()> {
                     _ => selftest::host_b(&kernel, &work),
                 };
                 match result {
-                    Ok(report) => {
-                        print_report(&report);
-                        let _ = std::fs::remove_dir_all(&work);
-                    }
+                    Ok(report) => print_report(&report),
                     Err(e) => {
                         failed += 1;
                         println!("FAIL  {tag}: {e}");
+                        println!("      logs kept in {}", work.keep().display());
                     }
                 }
             }
