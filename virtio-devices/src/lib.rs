@@ -6,3 +6,6 @@
 
 pub mod block;
 pub mod net;
+pub mod pci;
+pub mod transport;
+pub mod vhost_user;

@@ -9,4 +9,5 @@ pub mod event_loop;
 pub mod kvm_check;
 pub mod lifecycle;
 pub mod memory;
+pub mod pci;
 pub mod vm;

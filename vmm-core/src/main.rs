@@ -92,9 +92,6 @@ fn vm_config(cli: Cli) -> anyhow::Result<VmConfig> {
         api_socket: cli.api_socket,
     };
     cfg.validate()?;
-    if !cfg.disks.is_empty() || !cfg.nets.is_empty() {
-        anyhow::bail!("--disk and --net need the PCI transport, which is not built yet");
-    }
     if cfg.api_socket.is_some() {
         log::warn!("--api-socket is accepted but not served yet");
     }

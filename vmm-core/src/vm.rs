@@ -15,6 +15,12 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use std::os::fd::AsRawFd;
+
+use virtio_devices::transport::VirtioDevice;
+use virtio_devices::transport::virtio_pci::{VirtioPciDevice, VirtioPciError};
+use virtio_devices::vhost_user::{DeviceKind, GuestRegion, VhostUserDevice, VhostUserError};
+
 use crate::boot::{self, BootEntry, BootSpec, layout};
 use crate::config::{MemoryConfig, SerialMode, VmConfig};
 use crate::cpu::regs;
@@ -27,6 +33,10 @@ use crate::devices::serial::{COM1_BASE, COM1_GSI, COM1_LEN, SerialDevice};
 use crate::event_loop::{self, EventLoopError};
 use crate::lifecycle::{Lifecycle, Outcome};
 use crate::memory::{GuestRam, MemoryError};
+use crate::pci::host_bridge::HostBridge;
+use crate::pci::msi::{GsiRouting, KvmMsiRoutes, MsiError};
+use crate::pci::root::{self as pci_root, PciRoot, PciRootError};
+use crate::pci::{BarAllocError, BarAllocator};
 
 /// Why the VM could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -51,12 +61,24 @@ pub enum VmError {
     EventFd(#[source] std::io::Error),
     #[error("cannot open serial output {0}")]
     SerialFile(String, #[source] std::io::Error),
+    #[error("{0}")]
+    VhostUser(String, #[source] VhostUserError),
+    #[error(transparent)]
+    VirtioPci(#[from] VirtioPciError),
+    #[error(transparent)]
+    Msi(#[from] MsiError),
+    #[error(transparent)]
+    BarAlloc(#[from] BarAllocError),
+    #[error(transparent)]
+    PciSlot(#[from] PciRootError),
+    #[error("guest memory region at {0:#x} has no host mapping")]
+    NoHostMapping(u64),
 }
 
 /// A KVM VM with its RAM, buses and lifecycle.
 pub struct Vm {
     pub kvm: Kvm,
-    pub fd: VmFd,
+    pub fd: Arc<VmFd>,
     pub ram: GuestRam,
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
@@ -85,7 +107,7 @@ impl Vm {
             let host = ram
                 .mem
                 .get_host_address(region.start_addr())
-                .map_err(|_| VmError::Memory(MemoryError::TooSmall(0)))?;
+                .map_err(|_| VmError::NoHostMapping(region.start_addr().0))?;
             let mr = kvm_userspace_memory_region {
                 slot: slot as u32,
                 flags: 0,
@@ -100,7 +122,7 @@ impl Vm {
         }
         Ok(Self {
             kvm,
-            fd,
+            fd: Arc::new(fd),
             ram,
             pio: Arc::new(Bus::new()),
             mmio: Arc::new(Bus::new()),
@@ -157,9 +179,76 @@ impl Vm {
             .collect()
     }
 
-    /// Guest RAM start address of the first region (for tests).
-    pub fn ram_base(&self) -> GuestAddress {
-        GuestAddress(0)
+    /// All guest RAM as a vhost-user backend must map it.
+    pub fn guest_regions(&self) -> Result<Vec<GuestRegion>, VmError> {
+        self.ram
+            .ranges
+            .iter()
+            .map(|r| {
+                let hva = self
+                    .ram
+                    .mem
+                    .get_host_address(GuestAddress(r.guest_addr))
+                    .map_err(|_| VmError::NoHostMapping(r.guest_addr))?;
+                Ok(GuestRegion {
+                    gpa: r.guest_addr,
+                    size: r.size,
+                    hva: hva as u64,
+                    fd: self.ram.memfd.as_raw_fd(),
+                    file_offset: r.file_offset,
+                })
+            })
+            .collect()
+    }
+
+    /// PCI bus 0 (ports 0xCF8-0xCFF) with the host bridge and one
+    /// virtio-pci function per vhost-user disk and NIC, connected to
+    /// their backends now, before any vCPU runs.
+    pub fn add_pci_devices(&self, cfg: &VmConfig) -> Result<(), VmError> {
+        let routing = Arc::new(Mutex::new(GsiRouting::new(self.fd.clone())));
+        let mut root = PciRoot::new(self.mmio.clone(), Some(self.fd.clone()));
+        root.add(0, Arc::new(Mutex::new(HostBridge::default())))?;
+        let mut bars = BarAllocator::new(layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE);
+        let regions = self.guest_regions()?;
+        let mut devices: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
+        for d in &cfg.disks {
+            let kind = DeviceKind::Block {
+                num_queues: d.num_queues,
+            };
+            let dev = VhostUserDevice::connect(&d.socket, kind, d.queue_size, regions.clone())
+                .map_err(|e| VmError::VhostUser(format!("disk {}", d.socket.display()), e))?;
+            devices.push((format!("disk {}", d.socket.display()), Box::new(dev)));
+        }
+        for n in &cfg.nets {
+            let kind = DeviceKind::Net {
+                mac: n.mac,
+                queue_pairs: n.num_queue_pairs,
+            };
+            let dev = VhostUserDevice::connect(&n.socket, kind, n.queue_size, regions.clone())
+                .map_err(|e| VmError::VhostUser(format!("net {}", n.socket.display()), e))?;
+            devices.push((format!("net {}", n.socket.display()), Box::new(dev)));
+        }
+        for (i, (name, dev)) in devices.into_iter().enumerate() {
+            let slot = u8::try_from(i + 1).map_err(|_| PciRootError::Slot(u8::MAX))?;
+            let routes = KvmMsiRoutes::new(self.fd.clone(), routing.clone(), dev.num_queues() + 1)?;
+            let mut pci = VirtioPciDevice::new(dev, Box::new(routes))?;
+            use virtio_devices::pci::PciDevice;
+            for bar in pci.bars() {
+                let addr = bars.allocate(bar.size)?;
+                pci.set_bar_addr(bar.index, addr);
+                log::info!(
+                    "{name}: PCI 00:{slot:02x}.0, BAR {} at {addr:#x}",
+                    bar.index
+                );
+            }
+            root.add(slot, Arc::new(Mutex::new(pci)))?;
+        }
+        self.pio.insert(
+            Arc::new(Mutex::new(root)),
+            pci_root::CONFIG_PORT,
+            pci_root::CONFIG_PORT_LEN,
+        )?;
+        Ok(())
     }
 }
 
@@ -180,6 +269,7 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, VmError> {
     let started = Instant::now();
     let vm = Vm::new(cfg.memory)?;
     let serial = vm.add_platform_devices(console_sink(&cfg.serial)?)?;
+    vm.add_pci_devices(cfg)?;
     let spec = BootSpec {
         kernel: &cfg.kernel,
         initramfs: cfg.initramfs.as_deref(),
