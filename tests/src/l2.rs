@@ -7,7 +7,7 @@
 //! tag (passed on the kernel command line, which Linux hands to init as an
 //! environment variable) that prefixes its result keys.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::binaries::project_binary;
@@ -15,6 +15,7 @@ use crate::console::Console;
 use crate::host_b::{HostB, L1_BIN_DIR};
 use crate::initramfs::Initramfs;
 use crate::kernel::GuestKernel;
+use crate::modules::ModuleTree;
 use crate::selftest::{Report, SelfTestError};
 
 /// Where L1 keeps L2's kernel images and initramfs.
@@ -39,13 +40,51 @@ impl L2Format {
     }
 }
 
-/// The L2 scenario: CPUs seen, uptime at init, kernel release.
+/// The L2 scenario: CPUs seen, uptime at init, kernel release; with a
+/// disk: its size, the host's pattern read back, our own pattern written.
 pub const L2_SCENARIO: &str = r#"
 T=${L2TAG:-l2}
 result ${T}_cpus=$(nproc) ${T}_online=$(cat /sys/devices/system/cpu/online)
 result ${T}_uptime=$(cut -d' ' -f1 /proc/uptime) ${T}_kernel=$(uname -r)
 result ${T}_banner=$(dmesg | grep -c 'Linux version')
+if [ -b /dev/vda ]; then
+  result ${T}_vda=1 ${T}_vda_bytes=$(blockdev --getsize64 /dev/vda)
+  result ${T}_msix=$(grep -c 'PCI-MSIX.*virtio' /proc/interrupts)
+  result ${T}_host_md5=$(dd if=/dev/vda bs=1M skip=4 count=1 2>/dev/null | md5sum | cut -d' ' -f1)
+  yes VIADUCT-GUEST-PATTERN | head -c 4194304 > /tmp/p
+  result ${T}_wrote_md5=$(md5sum < /tmp/p | cut -d' ' -f1)
+  dd if=/tmp/p of=/dev/vda bs=1M seek=16 conv=fsync 2>/dev/null && result ${T}_write=ok || result ${T}_write=failed
+  echo 3 > /proc/sys/vm/drop_caches
+  result ${T}_read_md5=$(dd if=/dev/vda bs=1M skip=16 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
+else
+  result ${T}_vda=0
+fi
 "#;
+
+/// The L1 script that serves a 64 MiB raw image with qemu-storage-daemon's
+/// vhost-user-blk export and boots the bzImage L2 with it as `--disk`.
+pub fn l1_disk_script() -> String {
+    format!(
+        r#". /etc/viaduct/lib.sh
+truncate -s 64M /tmp/disk.raw
+yes VIADUCT-HOST-PATTERN | head -c 1048576 > /tmp/hp
+dd if=/tmp/hp of=/tmp/disk.raw bs=1M seek=4 conv=notrunc 2>/dev/null
+result host_md5=$(md5sum < /tmp/hp | cut -d' ' -f1)
+{L1_BIN_DIR}/qemu-storage-daemon --blockdev driver=file,node-name=f0,filename=/tmp/disk.raw \
+  --blockdev driver=raw,node-name=d0,file=f0 \
+  --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=/tmp/blk.sock,writable=on &
+QSD=$!
+for i in $(seq 100); do [ -S /tmp/blk.sock ] && break; sleep 0.1; done
+[ -S /tmp/blk.sock ] && result qsd_listening=1 || result qsd_listening=0
+RUST_LOG=info {L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/bz --initramfs {L1_GUEST_DIR}/l2.cpio \
+  --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG=disk' --cpus 2 --memory 256M \
+  --disk socket=/tmp/blk.sock </dev/null
+result disk_exit=$?
+kill $QSD; wait $QSD 2>/dev/null
+result landed_md5=$(dd if=/tmp/disk.raw bs=1M skip=16 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
+"#
+    )
+}
 
 /// The L1 script that boots one L2 per format and reports viaduct's status.
 pub fn l1_script(formats: &[L2Format], cpus: u32, memory: &str) -> String {
@@ -77,6 +116,18 @@ pub fn logged_rss_kib(console: &Console) -> Vec<u64> {
         .collect()
 }
 
+/// Writes the L2 initramfs (busybox, virtio_blk, [`L2_SCENARIO`]).
+pub fn l2_initramfs(kernel: &GuestKernel, work: &Path) -> Result<PathBuf, SelfTestError> {
+    let tree = ModuleTree::open(&kernel.modules)?;
+    let mut l2 = Initramfs::new();
+    l2.busybox()?
+        .modules(&tree, &["virtio_blk"])?
+        .scenario(L2_SCENARIO);
+    let path = work.join("l2.cpio");
+    l2.write(&path)?;
+    Ok(path)
+}
+
 /// Boots test host B and, inside it, an L2 guest under viaduct per format.
 pub fn boot_l2(
     kernel: &GuestKernel,
@@ -85,10 +136,7 @@ pub fn boot_l2(
 ) -> Result<Report, SelfTestError> {
     let start = Instant::now();
     let viaduct = project_binary("viaduct")?;
-    let mut l2 = Initramfs::new();
-    l2.busybox()?.scenario(L2_SCENARIO);
-    let l2_path = work.join("l2.cpio");
-    l2.write(&l2_path)?;
+    let l2_path = l2_initramfs(kernel, work)?;
 
     let mut img = HostB::base_initramfs(kernel, &[("viaduct", &viaduct)])?;
     img.host_file(&format!("{L1_GUEST_DIR}/l2.cpio"), &l2_path, 0o644)?;
@@ -140,6 +188,57 @@ pub fn boot_l2(
         name: "viaduct boots L2 in test host B",
         elapsed: start.elapsed(),
         facts,
+    })
+}
+
+/// Boots test host B; inside it qemu-storage-daemon serves a disk that
+/// viaduct gives an L2 guest over vhost-user-blk + virtio-pci.
+pub fn boot_l2_with_disk(kernel: &GuestKernel, work: &Path) -> Result<Report, SelfTestError> {
+    let start = Instant::now();
+    let viaduct = project_binary("viaduct")?;
+    let l2_path = l2_initramfs(kernel, work)?;
+    let mut img = HostB::base_initramfs(kernel, &[("viaduct", &viaduct)])?;
+    img.binary(
+        &format!("{L1_BIN_DIR}/qemu-storage-daemon"),
+        Path::new("/usr/bin/qemu-storage-daemon"),
+    )?;
+    img.host_file(&format!("{L1_GUEST_DIR}/l2.cpio"), &l2_path, 0o644)?;
+    img.host_file(&format!("{L1_GUEST_DIR}/bz"), &kernel.bzimage, 0o644)?;
+    img.scenario(&l1_disk_script());
+    let initrd = work.join("l1-disk.cpio");
+    img.write(&initrd)?;
+    let run = HostB::new(kernel).boot(
+        &initrd,
+        Duration::from_secs(300),
+        Some(work.join("l1-disk.console")),
+    )?;
+    if run.timed_out || !run.status.is_some_and(|s| s.success()) {
+        return Err(SelfTestError::Guest {
+            what: "test host B did not power off cleanly".into(),
+            detail: run.describe(),
+        });
+    }
+    let c = &run.console;
+    c.check_finished()?;
+    c.expect("qsd_listening", "1")?;
+    c.expect("disk_exit", "0")?;
+    c.expect("disk_vda", "1")?;
+    c.expect("disk_vda_bytes", &(64u64 << 20).to_string())?;
+    c.expect("disk_host_md5", &c.get("host_md5")?)?;
+    c.expect("disk_write", "ok")?;
+    let wrote = c.get("disk_wrote_md5")?;
+    c.expect("disk_read_md5", &wrote)?;
+    c.expect("landed_md5", &wrote)?;
+    Ok(Report {
+        name: "viaduct gives L2 a vhost-user-blk disk in test host B",
+        elapsed: start.elapsed(),
+        facts: vec![
+            format!("L1 run took {:.1}s", run.elapsed.as_secs_f64()),
+            format!(
+                "L2 saw /dev/vda (64 MiB) with {} virtio MSI-X vectors, read the host's pattern, wrote 4 MiB that landed in the image",
+                c.get("disk_msix")?
+            ),
+        ],
     })
 }
 

@@ -2,16 +2,46 @@
 //! host B (nested KVM under TCG), as a bzImage and through PVH, with two
 //! vCPUs, and exits 0 when the guest powers off.
 
-use guest_kit::cache::Cache;
-use guest_kit::l2::{L2Format, boot_l2};
+use guest_kit::cache::{Cache, Scratch};
+use std::sync::Mutex;
+
+use guest_kit::l2::{L2Format, boot_l2, boot_l2_with_disk};
 use guest_kit::provision;
 
-#[test]
-fn viaduct_boots_bzimage_and_pvh_with_two_cpus_in_test_host_b() {
+/// One emulated test host at a time: each takes a whole core under TCG.
+static ONE_HOST: Mutex<()> = Mutex::new(());
+
+fn kit(name: &str) -> (guest_kit::kernel::GuestKernel, Scratch) {
     let cache = Cache::locate().expect("cache directory");
     let kernel = provision::ensure_kernel(&cache)
         .expect("guest kernel (run scripts/test.sh, which provisions it)");
-    let work = cache.scratch("vmm-boot").expect("scratch dir");
+    let work = cache.scratch(name).expect("scratch dir");
+    (kernel, work)
+}
+
+#[test]
+fn viaduct_serves_a_vhost_user_disk_to_l2_in_test_host_b() {
+    let _one = ONE_HOST.lock().unwrap_or_else(|e| e.into_inner());
+    let (kernel, work) = kit("vmm-disk");
+    match boot_l2_with_disk(&kernel, &work) {
+        Ok(report) => {
+            eprintln!(
+                "{} passed in {:.1}s",
+                report.name,
+                report.elapsed.as_secs_f64()
+            );
+            for f in &report.facts {
+                eprintln!("  - {f}");
+            }
+        }
+        Err(e) => panic!("viaduct L2 disk scenario failed: {e}"),
+    }
+}
+
+#[test]
+fn viaduct_boots_bzimage_and_pvh_with_two_cpus_in_test_host_b() {
+    let _one = ONE_HOST.lock().unwrap_or_else(|e| e.into_inner());
+    let (kernel, work) = kit("vmm-boot");
     match boot_l2(&kernel, &work, &[L2Format::BzImage, L2Format::Pvh]) {
         Ok(report) => {
             eprintln!(
@@ -22,7 +52,6 @@ fn viaduct_boots_bzimage_and_pvh_with_two_cpus_in_test_host_b() {
             for f in &report.facts {
                 eprintln!("  - {f}");
             }
-            let _ = std::fs::remove_dir_all(&work);
         }
         Err(e) => panic!("viaduct L2 boot failed: {e}"),
     }
