@@ -56,13 +56,21 @@ if [ -b /dev/vda ]; then
   dd if=/tmp/p of=/dev/vda bs=1M seek=16 conv=fsync 2>/dev/null && result ${T}_write=ok || result ${T}_write=failed
   echo 3 > /proc/sys/vm/drop_caches
   result ${T}_read_md5=$(dd if=/dev/vda bs=1M skip=16 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
+  result ${T}_mq=$(ls /sys/block/vda/mq | wc -l)
+  # Driver reset and re-probe: the VMM stops the rings and sets them up again.
+  D=$(basename $(readlink -f /sys/block/vda/device))
+  echo $D > /sys/bus/virtio/drivers/virtio_blk/unbind
+  echo $D > /sys/bus/virtio/drivers/virtio_blk/bind
+  for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
+  result ${T}_rebind_md5=$(dd if=/dev/vda bs=1M skip=16 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
 else
   result ${T}_vda=0
 fi
 "#;
 
 /// The L1 script that serves a 64 MiB raw image with qemu-storage-daemon's
-/// vhost-user-blk export and boots the bzImage L2 with it as `--disk`.
+/// vhost-user-blk export (two queues) and boots the bzImage L2 with it as
+/// `--disk`.
 pub fn l1_disk_script() -> String {
     format!(
         r#". /etc/viaduct/lib.sh
@@ -72,13 +80,13 @@ dd if=/tmp/hp of=/tmp/disk.raw bs=1M seek=4 conv=notrunc 2>/dev/null
 result host_md5=$(md5sum < /tmp/hp | cut -d' ' -f1)
 {L1_BIN_DIR}/qemu-storage-daemon --blockdev driver=file,node-name=f0,filename=/tmp/disk.raw \
   --blockdev driver=raw,node-name=d0,file=f0 \
-  --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=/tmp/blk.sock,writable=on &
+  --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=/tmp/blk.sock,writable=on,num-queues=2 &
 QSD=$!
 for i in $(seq 100); do [ -S /tmp/blk.sock ] && break; sleep 0.1; done
 [ -S /tmp/blk.sock ] && result qsd_listening=1 || result qsd_listening=0
 RUST_LOG=info {L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/bz --initramfs {L1_GUEST_DIR}/l2.cpio \
   --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG=disk' --cpus 2 --memory 256M \
-  --disk socket=/tmp/blk.sock </dev/null
+  --disk socket=/tmp/blk.sock,num_queues=2 </dev/null
 result disk_exit=$?
 kill $QSD; wait $QSD 2>/dev/null
 result landed_md5=$(dd if=/tmp/disk.raw bs=1M skip=16 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
@@ -229,14 +237,17 @@ pub fn boot_l2_with_disk(kernel: &GuestKernel, work: &Path) -> Result<Report, Se
     let wrote = c.get("disk_wrote_md5")?;
     c.expect("disk_read_md5", &wrote)?;
     c.expect("landed_md5", &wrote)?;
+    c.expect("disk_mq", "2")?;
+    c.expect("disk_msix", "3")?;
+    c.expect("disk_rebind_md5", &wrote)?;
     Ok(Report {
         name: "viaduct gives L2 a vhost-user-blk disk in test host B",
         elapsed: start.elapsed(),
         facts: vec![
             format!("L1 run took {:.1}s", run.elapsed.as_secs_f64()),
             format!(
-                "L2 saw /dev/vda (64 MiB) with {} virtio MSI-X vectors, read the host's pattern, wrote 4 MiB that landed in the image",
-                c.get("disk_msix")?
+                "L2 saw /dev/vda (64 MiB, 2 queues, 3 MSI-X vectors), read the host's pattern, wrote 4 MiB that landed in the image, and read it again after a driver unbind/bind (device reset); L2 reached init {}s after kernel start",
+                c.get("disk_uptime")?
             ),
         ],
     })
