@@ -22,6 +22,7 @@ use vmm_core::config::{self, VmConfig};
 /// one-line reason on stderr; bad arguments with status 2 before anything starts.
 ///
 ///   viaduct check-kvm      # open /dev/kvm, create a VM and a vCPU, list capabilities
+///   viaduct sriov list     # SR-IOV PFs and VFs; see `viaduct sriov --help`
 #[derive(Parser, Debug)]
 #[command(
     name = "viaduct",
@@ -66,6 +67,14 @@ enum Command {
     /// Check that this host's KVM can run Viaduct: creates a VM and a vCPU and
     /// prints one `key=value` line per capability. Exit status 0 when usable.
     CheckKvm,
+    /// Manage SR-IOV virtual functions: create, configure (MAC, VLAN, spoof
+    /// checking...), bind to vfio-pci for passthrough.
+    ///
+    /// Example: viaduct sriov create --pf enp1s0 --num-vfs 2 &&
+    ///          viaduct sriov set --pf enp1s0 --vf 0 --mac 02:00:00:00:00:01 --vlan 100 --spoofchk on &&
+    ///          viaduct sriov bind --vf 0000:01:10.0
+    #[command(subcommand, verbatim_doc_comment)]
+    Sriov(vfio_passthrough::sriov::cli::SriovCommand),
 }
 
 fn vm_config(cli: Cli) -> anyhow::Result<VmConfig> {
@@ -113,11 +122,24 @@ fn check_kvm() -> ExitCode {
     }
 }
 
+fn sriov(cmd: &vfio_passthrough::sriov::cli::SriovCommand) -> ExitCode {
+    let sysfs = vfio_passthrough::sriov::pci::Sysfs::default();
+    match vfio_passthrough::sriov::cli::run(cmd, &sysfs, &mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("viaduct sriov: {:#}", anyhow::Error::from(e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::init();
     let cli = Cli::parse();
-    if let Some(Command::CheckKvm) = cli.command {
-        return check_kvm();
+    match &cli.command {
+        Some(Command::CheckKvm) => return check_kvm(),
+        Some(Command::Sriov(cmd)) => return sriov(cmd),
+        None => {}
     }
     let cfg = match vm_config(cli) {
         Ok(cfg) => cfg,
