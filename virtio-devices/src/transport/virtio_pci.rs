@@ -70,6 +70,18 @@ fn virtio_cap(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
     c
 }
 
+/// Whether an eventfd holds a count, without consuming it.
+fn is_signalled(evt: &EventFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: evt.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; zero timeout.
+    unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
+}
+
 fn class_of(device_type: u32) -> (u8, u8, u8) {
     match device_type {
         1 => (0x02, 0x00, 0x00), // network controller
@@ -168,6 +180,15 @@ impl VirtioPciDevice {
         let masked = self.msix.masked(vector);
         if let Err(e) = self.routes.update(vector, msg, masked) {
             log::warn!("virtio-pci: cannot route MSI-X vector {vector}: {e}");
+        }
+    }
+
+    /// Pending bits: a masked vector whose eventfd holds a signal (its
+    /// irqfd is detached while masked, so the signal waits there).
+    fn refresh_pending(&mut self) {
+        for v in 0..self.msix.vectors() {
+            let pending = self.msix.masked(v) && self.routes.notifier(v).is_some_and(is_signalled);
+            self.msix.set_pending(v, pending);
         }
     }
 
@@ -274,7 +295,10 @@ impl PciDevice for VirtioPciDevice {
             o if o < NOTIFY_OFFSET => self.device.read_config(o - DEVICE_CFG_OFFSET, data),
             o if o < MSIX_TABLE_OFFSET => data.fill(0),
             o if o < MSIX_PBA_OFFSET => self.msix.table_read(o - MSIX_TABLE_OFFSET, data),
-            o => self.msix.pba_read(o - MSIX_PBA_OFFSET, data),
+            o => {
+                self.refresh_pending();
+                self.msix.pba_read(o - MSIX_PBA_OFFSET, data)
+            }
         }
     }
 
@@ -480,6 +504,27 @@ mod tests {
             l.routes.iter().any(|r| r.0 == 0 && r.2),
             "vector 0 stays masked"
         );
+    }
+
+    #[test]
+    fn pba_shows_signals_held_while_masked() {
+        let (mut d, _) = device();
+        let mut pba = [0u8; 8];
+        d.bar_read(BAR, MSIX_PBA_OFFSET, &mut pba);
+        assert_eq!(u64::from_le_bytes(pba), 0);
+        d.routes.notifier(2).unwrap().write(1).unwrap();
+        d.bar_read(BAR, MSIX_PBA_OFFSET, &mut pba);
+        assert_eq!(
+            u64::from_le_bytes(pba),
+            0b100,
+            "vector 2 masked with a signal waiting"
+        );
+        // Unmasked and enabled: KVM owns delivery, nothing pending here.
+        w32(&mut d, MSIX_TABLE_OFFSET + 2 * 16 + 12, 0);
+        let cap = d.msix_cap;
+        d.config_write(cap + 2, &0x8000u16.to_le_bytes());
+        d.bar_read(BAR, MSIX_PBA_OFFSET, &mut pba);
+        assert_eq!(u64::from_le_bytes(pba), 0);
     }
 
     #[test]
