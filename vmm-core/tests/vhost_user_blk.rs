@@ -1,5 +1,6 @@
-//! The vhost-user frontend against a real backend on the host, no guest:
-//! qemu-storage-daemon exports a raw image; the test connects, reads the
+//! The vhost-user frontend against real backends on the host, no guest:
+//! qemu-storage-daemon and our own vhost-user-blk daemon export a raw
+//! image; the test connects, reads the
 //! config through GET_CONFIG, activates one queue in memfd guest RAM, puts
 //! a virtio-blk read request on the ring by hand, kicks, and waits for the
 //! call eventfd and the data.
@@ -24,31 +25,55 @@ impl Drop for Daemon {
     }
 }
 
-fn start_qsd(image: &Path, sock: &Path) -> Daemon {
-    let child = Command::new("qemu-storage-daemon")
-        .arg("--blockdev")
-        .arg(format!(
-            "driver=file,node-name=f0,filename={}",
-            image.display()
-        ))
-        .args(["--blockdev", "driver=raw,node-name=d0,file=f0"])
-        .arg("--export")
-        .arg(format!(
-            "type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path={},writable=on",
-            sock.display()
-        ))
+/// Which daemon serves the image.
+enum Backend {
+    QemuStorageDaemon,
+    /// The project's own daemon (built by `cargo build --release --workspace`).
+    Viaduct,
+}
+
+fn project_daemon() -> PathBuf {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    ["release", "debug"]
+        .iter()
+        .map(|p| target.join(p).join("vhost-user-blk"))
+        .find(|p| p.is_file())
+        .expect("vhost-user-blk not built; run `cargo build --release --workspace` first")
+}
+
+fn start(backend: &Backend, image: &Path, sock: &Path) -> Daemon {
+    let mut cmd = match backend {
+        Backend::QemuStorageDaemon => {
+            let mut c = Command::new("qemu-storage-daemon");
+            c.arg("--blockdev")
+                .arg(format!("driver=file,node-name=f0,filename={}", image.display()))
+                .args(["--blockdev", "driver=raw,node-name=d0,file=f0"])
+                .arg("--export")
+                .arg(format!(
+                    "type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path={},writable=on",
+                    sock.display()
+                ));
+            c
+        }
+        Backend::Viaduct => {
+            let mut c = Command::new(project_daemon());
+            c.arg("--socket-path")
+                .arg(sock)
+                .arg("--blk-file")
+                .arg(image);
+            c
+        }
+    };
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("qemu-storage-daemon is installed on every machine (qemu-utils)");
+        .expect("start the vhost-user-blk backend");
     let d = Daemon(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "qemu-storage-daemon did not listen"
-        );
+        assert!(Instant::now() < deadline, "the backend did not listen");
         std::thread::sleep(Duration::from_millis(20));
     }
     d
@@ -75,7 +100,17 @@ const WRITE: u16 = 2;
 
 #[test]
 fn frontend_reads_a_sector_through_qemu_storage_daemon() {
-    let dir: PathBuf = std::env::temp_dir().join(format!("viaduct-vu-{}", std::process::id()));
+    read_a_sector(Backend::QemuStorageDaemon, "qsd");
+}
+
+#[test]
+fn frontend_reads_a_sector_through_our_vhost_user_blk() {
+    read_a_sector(Backend::Viaduct, "own");
+}
+
+fn read_a_sector(backend: Backend, tag: &str) {
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("viaduct-vu-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let image = dir.join("disk.raw");
     let f = std::fs::File::create(&image).unwrap();
@@ -83,7 +118,7 @@ fn frontend_reads_a_sector_through_qemu_storage_daemon() {
     let pattern: Vec<u8> = (0..512u32).map(|i| (i * 7 + 3) as u8).collect();
     f.write_all_at(&pattern, 8 * 512).unwrap();
     let sock = dir.join("blk.sock");
-    let _qsd = start_qsd(&image, &sock);
+    let _daemon = start(&backend, &image, &sock);
 
     let ram = GuestRam::new(64 << 20, false).unwrap();
     let regions: Vec<GuestRegion> = ram
@@ -102,7 +137,7 @@ fn frontend_reads_a_sector_through_qemu_storage_daemon() {
         .collect();
     let mut dev =
         VhostUserDevice::connect(&sock, DeviceKind::Block { num_queues: 1 }, 128, regions)
-            .expect("handshake with qemu-storage-daemon");
+            .expect("vhost-user handshake");
     assert_eq!(dev.device_type(), 2);
     assert_ne!(dev.features() & (1 << 32), 0, "VERSION_1 offered");
     assert_eq!(
