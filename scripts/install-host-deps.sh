@@ -30,7 +30,7 @@ fi
 
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for p in cpio busybox-static qemu-utils xz-utils zstd iproute2 ethtool fio; do
+for p in cpio busybox-static qemu-utils xz-utils zstd iproute2 ethtool fio dpdk-dev; do
   have "$p" || need+=("$p")
 done
 qemu_ok=0
