@@ -68,30 +68,70 @@ else
 fi
 "#;
 
-/// The L1 script that serves a 64 MiB raw image with qemu-storage-daemon's
-/// vhost-user-blk export (two queues) and boots the bzImage L2 with it as
-/// `--disk`.
-pub fn l1_disk_script() -> String {
-    format!(
-        r#". /etc/viaduct/lib.sh
-truncate -s 64M /tmp/disk.raw
+/// Which vhost-user-blk daemon serves the L2 disk inside L1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskBackend {
+    /// QEMU's qemu-storage-daemon (the reference backend).
+    QemuStorageDaemon,
+    /// The project's own `vhost-user-blk` daemon.
+    Viaduct,
+}
+
+impl DiskBackend {
+    /// Result-key prefix.
+    pub fn tag(self) -> &'static str {
+        match self {
+            DiskBackend::QemuStorageDaemon => "qsd",
+            DiskBackend::Viaduct => "own",
+        }
+    }
+
+    /// Shell command that serves `image` on `sock` with two queues.
+    fn command(self, image: &str, sock: &str) -> String {
+        match self {
+            DiskBackend::QemuStorageDaemon => format!(
+                "{L1_BIN_DIR}/qemu-storage-daemon --blockdev driver=file,node-name=f0,filename={image} \\
+  --blockdev driver=raw,node-name=d0,file=f0 \\
+  --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path={sock},writable=on,num-queues=2"
+            ),
+            DiskBackend::Viaduct => format!(
+                "{L1_BIN_DIR}/vhost-user-blk --socket-path {sock} --blk-file {image} --num-queues 2"
+            ),
+        }
+    }
+}
+
+/// The L1 script that, per backend, serves a 64 MiB raw image (with a
+/// host pattern at 4 MiB) over vhost-user-blk with two queues and boots the
+/// bzImage L2 with it as `--disk`.
+pub fn l1_disk_script(backends: &[DiskBackend]) -> String {
+    let mut s = String::from(". /etc/viaduct/lib.sh\n");
+    for b in backends {
+        let t = b.tag();
+        let image = format!("/tmp/disk-{t}.raw");
+        let sock = format!("/tmp/blk-{t}.sock");
+        let serve = b.command(&image, &sock);
+        s.push_str(&format!(
+            r#"truncate -s 64M {image}
 yes VIADUCT-HOST-PATTERN | head -c 1048576 > /tmp/hp
-dd if=/tmp/hp of=/tmp/disk.raw bs=1M seek=4 conv=notrunc 2>/dev/null
+dd if=/tmp/hp of={image} bs=1M seek=4 conv=notrunc 2>/dev/null
 result host_md5=$(md5sum < /tmp/hp | cut -d' ' -f1)
-{L1_BIN_DIR}/qemu-storage-daemon --blockdev driver=file,node-name=f0,filename=/tmp/disk.raw \
-  --blockdev driver=raw,node-name=d0,file=f0 \
-  --export type=vhost-user-blk,id=e0,node-name=d0,addr.type=unix,addr.path=/tmp/blk.sock,writable=on,num-queues=2 &
-QSD=$!
-for i in $(seq 100); do [ -S /tmp/blk.sock ] && break; sleep 0.1; done
-[ -S /tmp/blk.sock ] && result qsd_listening=1 || result qsd_listening=0
+# Daemon output goes to a file, not L1's console tty, and is shown after.
+{serve} </dev/null >/tmp/{t}-daemon.log 2>&1 &
+D=$!
+for i in $(seq 100); do [ -S {sock} ] && break; sleep 0.1; done
+[ -S {sock} ] && result {t}_listening=1 || result {t}_listening=0
 RUST_LOG=info {L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/bz --initramfs {L1_GUEST_DIR}/l2.cpio \
-  --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG=disk' --cpus 2 --memory 256M \
-  --disk socket=/tmp/blk.sock,num_queues=2 </dev/null
-result disk_exit=$?
-kill $QSD; wait $QSD 2>/dev/null
-result landed_md5=$(dd if=/tmp/disk.raw bs=1M skip=16 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
+  --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG={t}' --cpus 2 --memory 256M \
+  --disk socket={sock},num_queues=2 </dev/null
+result {t}_exit=$?
+kill $D; wait $D 2>/dev/null
+tail -n 20 /tmp/{t}-daemon.log | sed 's/^/[{t}-daemon] /'
+result {t}_landed_md5=$(dd if={image} bs=1M skip=16 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
 "#
-    )
+        ));
+    }
+    s
 }
 
 /// The L1 script that boots one L2 per format and reports viaduct's status.
@@ -199,20 +239,32 @@ pub fn boot_l2(
     })
 }
 
-/// Boots test host B; inside it qemu-storage-daemon serves a disk that
+/// Boots test host B; inside it each backend in turn serves a disk that
 /// viaduct gives an L2 guest over vhost-user-blk + virtio-pci.
-pub fn boot_l2_with_disk(kernel: &GuestKernel, work: &Path) -> Result<Report, SelfTestError> {
+pub fn boot_l2_with_disk(
+    kernel: &GuestKernel,
+    work: &Path,
+    backends: &[DiskBackend],
+) -> Result<Report, SelfTestError> {
     let start = Instant::now();
     let viaduct = project_binary("viaduct")?;
     let l2_path = l2_initramfs(kernel, work)?;
     let mut img = HostB::base_initramfs(kernel, &[("viaduct", &viaduct)])?;
-    img.binary(
-        &format!("{L1_BIN_DIR}/qemu-storage-daemon"),
-        Path::new("/usr/bin/qemu-storage-daemon"),
-    )?;
+    for b in backends {
+        match b {
+            DiskBackend::QemuStorageDaemon => img.binary(
+                &format!("{L1_BIN_DIR}/qemu-storage-daemon"),
+                Path::new("/usr/bin/qemu-storage-daemon"),
+            )?,
+            DiskBackend::Viaduct => img.binary(
+                &format!("{L1_BIN_DIR}/vhost-user-blk"),
+                &project_binary("vhost-user-blk")?,
+            )?,
+        };
+    }
     img.host_file(&format!("{L1_GUEST_DIR}/l2.cpio"), &l2_path, 0o644)?;
     img.host_file(&format!("{L1_GUEST_DIR}/bz"), &kernel.bzimage, 0o644)?;
-    img.scenario(&l1_disk_script());
+    img.scenario(&l1_disk_script(backends));
     let initrd = work.join("l1-disk.cpio");
     img.write(&initrd)?;
     let run = HostB::new(kernel).boot(
@@ -228,28 +280,32 @@ pub fn boot_l2_with_disk(kernel: &GuestKernel, work: &Path) -> Result<Report, Se
     }
     let c = &run.console;
     c.check_finished()?;
-    c.expect("qsd_listening", "1")?;
-    c.expect("disk_exit", "0")?;
-    c.expect("disk_vda", "1")?;
-    c.expect("disk_vda_bytes", &(64u64 << 20).to_string())?;
-    c.expect("disk_host_md5", &c.get("host_md5")?)?;
-    c.expect("disk_write", "ok")?;
-    let wrote = c.get("disk_wrote_md5")?;
-    c.expect("disk_read_md5", &wrote)?;
-    c.expect("landed_md5", &wrote)?;
-    c.expect("disk_mq", "2")?;
-    c.expect("disk_msix", "3")?;
-    c.expect("disk_rebind_md5", &wrote)?;
+    let mut facts = vec![format!("L1 run took {:.1}s", run.elapsed.as_secs_f64())];
+    let host_md5 = c.get("host_md5")?;
+    for b in backends {
+        let t = b.tag();
+        let k = |key: &str| format!("{t}_{key}");
+        c.expect(&k("listening"), "1")?;
+        c.expect(&k("exit"), "0")?;
+        c.expect(&k("vda"), "1")?;
+        c.expect(&k("vda_bytes"), &(64u64 << 20).to_string())?;
+        c.expect(&k("host_md5"), &host_md5)?;
+        c.expect(&k("write"), "ok")?;
+        let wrote = c.get(&k("wrote_md5"))?;
+        c.expect(&k("read_md5"), &wrote)?;
+        c.expect(&k("landed_md5"), &wrote)?;
+        c.expect(&k("mq"), "2")?;
+        c.expect(&k("msix"), "3")?;
+        c.expect(&k("rebind_md5"), &wrote)?;
+        facts.push(format!(
+            "{b:?}: L2 saw /dev/vda (64 MiB, 2 queues, 3 MSI-X vectors), read the host's pattern, wrote 4 MiB that landed in the image, and read it again after a driver unbind/bind (device reset); L2 reached init {}s after kernel start",
+            c.get(&k("uptime"))?
+        ));
+    }
     Ok(Report {
         name: "viaduct gives L2 a vhost-user-blk disk in test host B",
         elapsed: start.elapsed(),
-        facts: vec![
-            format!("L1 run took {:.1}s", run.elapsed.as_secs_f64()),
-            format!(
-                "L2 saw /dev/vda (64 MiB, 2 queues, 3 MSI-X vectors), read the host's pattern, wrote 4 MiB that landed in the image, and read it again after a driver unbind/bind (device reset); L2 reached init {}s after kernel start",
-                c.get("disk_uptime")?
-            ),
-        ],
+        facts,
     })
 }
 
@@ -264,6 +320,20 @@ mod tests {
         assert!(s.contains("--kernel /opt/viaduct/guest/pvh "));
         assert!(s.contains("L2TAG=pvh' --cpus 2 --memory 256M"));
         assert!(s.contains("result bz_exit=$?"));
+    }
+
+    #[test]
+    fn disk_script_serves_each_backend_on_its_own_socket() {
+        let s = l1_disk_script(&[DiskBackend::QemuStorageDaemon, DiskBackend::Viaduct]);
+        assert!(s.contains(
+            "qemu-storage-daemon --blockdev driver=file,node-name=f0,filename=/tmp/disk-qsd.raw"
+        ));
+        assert!(s.contains(
+            "vhost-user-blk --socket-path /tmp/blk-own.sock --blk-file /tmp/disk-own.raw"
+        ));
+        assert!(s.contains("--disk socket=/tmp/blk-qsd.sock,num_queues=2"));
+        assert!(s.contains("L2TAG=own'"));
+        assert!(s.contains("result own_exit=$?"));
     }
 
     #[test]

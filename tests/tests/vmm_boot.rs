@@ -5,7 +5,7 @@
 use guest_kit::cache::{Cache, Scratch};
 use std::sync::Mutex;
 
-use guest_kit::l2::{L2Format, boot_l2, boot_l2_with_disk};
+use guest_kit::l2::{DiskBackend, L2Format, boot_l2, boot_l2_with_disk};
 use guest_kit::provision;
 
 /// One emulated test host at a time: each takes a whole core under TCG.
@@ -20,10 +20,11 @@ fn kit(name: &str) -> (guest_kit::kernel::GuestKernel, Scratch) {
 }
 
 #[test]
-fn viaduct_serves_a_vhost_user_disk_to_l2_in_test_host_b() {
+fn viaduct_serves_vhost_user_disks_from_qsd_and_our_daemon_to_l2_in_test_host_b() {
     let _one = ONE_HOST.lock().unwrap_or_else(|e| e.into_inner());
     let (kernel, work) = kit("vmm-disk");
-    match boot_l2_with_disk(&kernel, &work) {
+    let backends = [DiskBackend::QemuStorageDaemon, DiskBackend::Viaduct];
+    match boot_l2_with_disk(&kernel, &work, &backends) {
         Ok(report) => {
             eprintln!(
                 "{} passed in {:.1}s",
