@@ -164,10 +164,12 @@ impl VhostUserBackend for VhostUserBlkBackend {
         Ok(())
     }
 
-    fn update_memory(&self, _mem: AtomicMem) -> io::Result<()> {
+    fn update_memory(&self, mem: AtomicMem) -> io::Result<()> {
         // Workers share the daemon's GuestMemoryAtomic and snapshot it per
-        // batch; requests in flight keep their own snapshot alive.
-        Ok(())
+        // batch; requests in flight keep their own snapshot alive. A table
+        // running past the end of its files is refused (closes the
+        // connection before any worker touches it).
+        crate::memguard::check_backing(&vm_memory::GuestAddressSpace::memory(&mem))
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {

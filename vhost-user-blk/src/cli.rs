@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::sandbox::SandboxMode;
 use clap::{Parser, ValueEnum};
 
 const AFTER_HELP: &str = "\
@@ -88,6 +89,11 @@ pub struct Args {
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: log::LevelFilter,
+    /// After start-up, confine the daemon: seccomp allowlist on every
+    /// thread and Landlock (no filesystem access). `log` only reports
+    /// off-list syscalls to the kernel log.
+    #[arg(long, value_enum, default_value_t = SandboxMode::On)]
+    pub sandbox: SandboxMode,
 }
 
 /// The capabilities JSON printed by `--print-capabilities`.

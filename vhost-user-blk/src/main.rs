@@ -2,15 +2,19 @@
 //! serve. Exit codes: 0 normal, 1 runtime error, 2 usage or configuration
 //! error (bad option, unusable image, socket in use), all before serving.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use landlock::AccessFs;
 use vhost_user_blk::cli::{Args, CAPABILITIES_JSON};
-use vhost_user_blk::config::Config;
+use vhost_user_blk::config::{Config, Listen};
 use vhost_user_blk::counters::QueueCounters;
 use vhost_user_blk::disk::Disk;
+use vhost_user_blk::memguard;
+use vhost_user_blk::sandbox;
 use vhost_user_blk::serve::{self, Server, Shutdown};
 use vhost_user_blk::signals;
 
@@ -44,6 +48,8 @@ fn main() -> ExitCode {
 /// Everything that must succeed before serving starts.
 fn setup(args: Args) -> anyhow::Result<Server> {
     signals::block().context("signals")?;
+    memguard::install_sigbus_handler().context("signals")?;
+    let sandbox_mode = args.sandbox;
     let config = Config::try_from(args)?;
     let disk = Disk::open(&config)?;
     let listener = serve::bind(&config.listen)?;
@@ -53,6 +59,24 @@ fn setup(args: Args) -> anyhow::Result<Server> {
             .collect(),
     );
     let shutdown = Arc::new(Shutdown::new()?);
+    // Everything is open and bound: confine the process before any other
+    // thread exists, so Landlock (per thread at creation) covers them all.
+    let socket_dir = match &config.listen {
+        Listen::Path(p) => p.parent().map(|d| d.to_path_buf()),
+        Listen::Fd(_) => None,
+    };
+    let exceptions: Vec<_> = socket_dir
+        .iter()
+        .map(|d| sandbox::FsException {
+            path: if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            },
+            access: AccessFs::RemoveFile.into(),
+        })
+        .collect();
+    sandbox::enter(sandbox_mode, &exceptions).context("sandbox")?;
     signals::spawn(Arc::clone(&shutdown), Arc::clone(&counters))?;
     Ok(Server::new(config, disk, listener, counters, shutdown))
 }

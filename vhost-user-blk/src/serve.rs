@@ -291,6 +291,10 @@ impl Server {
             }
             Err(e) => log::warn!("connection_closed reason=error error=\"{e}\""),
         }
+        let faults = crate::memguard::faults();
+        if faults > 0 {
+            log::warn!("event=guest_memory_faults total={faults}");
+        }
         backend.quiesce();
         for handler in &handlers {
             handler.send_exit_event();

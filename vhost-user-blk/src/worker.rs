@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use vhost_user_backend::{VringRwLock, VringT};
+use vhost_user_backend::VringT;
 use virtio_devices::block::{
     BlockStatus, ID_BYTES, ParseOutcome, Request, RequestKind, RequestLimits, Segment, request,
 };
@@ -33,7 +33,7 @@ pub type Mem = GuestMemoryMmap<()>;
 /// The shared, replaceable guest memory map.
 pub type AtomicMem = GuestMemoryAtomic<Mem>;
 /// The vring type of our backend.
-pub type Vring = VringRwLock<AtomicMem>;
+pub type Vring = crate::checked_vring::CheckedVring<AtomicMem>;
 
 /// Linux's IOV_MAX: more iovecs than this and readv/writev fail.
 const IOV_MAX: usize = 1024;

@@ -201,6 +201,8 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        // A table running past the end of its files is refused.
+        crate::memguard::check_backing(&vm_memory::GuestAddressSpace::memory(&mem))?;
         if let Ok(mut m) = self.mem.write() {
             *m = mem;
         }

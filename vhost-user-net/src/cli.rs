@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::sandbox::SandboxMode;
+
 const EXAMPLE: &str = "\
 Example (QEMU as the frontend, 2 queue pairs):
   vhost-user-net --socket-path /tmp/net.sock --tap vtap0 --num-queue-pairs 2 \\
@@ -58,4 +60,9 @@ pub struct Args {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// After start-up, confine the daemon: seccomp allowlist on every
+    /// thread and Landlock (no filesystem access). `log` only reports
+    /// off-list syscalls to the kernel log.
+    #[arg(long, value_enum, default_value_t = SandboxMode::On)]
+    pub sandbox: SandboxMode,
 }

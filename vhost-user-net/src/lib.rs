@@ -5,20 +5,29 @@
 //! * [`tap`]: TAP ioctls (open, vnet header size, offloads, queues, host side).
 //! * [`backend`]: the vhost-user-backend glue (features, config space, events).
 //! * [`pair`]: one queue pair's state, owned by its worker thread.
-//! * [`tx`] / [`rx`]: the two data paths; [`iov`]: guest buffers → iovecs.
+//! * [`tx`] / [`rx`]: the two data paths ([`ring_check`]: avail overrun); [`iov`]: guest buffers → iovecs.
 //! * [`counters`]: per-queue packet/byte/drop counters.
 //! * [`serve`]: the listen/accept loop with a fresh backend per connection.
 //! * [`filter`]: relay that hides a QEMU message-order quirk from the
-//!   vhost-user-backend framework.
+//!   vhost-user-backend framework; [`relay_socket`]: its private,
+//!   peer-checked socket to the backend.
+//! * [`checked_vring`]: refuses SET_VRING_NUM sizes that are not a power of two.
+//! * [`memguard`]: refuse short memory files, survive truncated ones.
+//! * [`sandbox`]: seccomp + Landlock after start-up.
 
 pub mod backend;
+pub mod checked_vring;
 pub mod cli;
 pub mod config;
 pub mod counters;
 pub mod filter;
 pub mod iov;
+pub mod memguard;
 pub mod pair;
+pub mod relay_socket;
+pub mod ring_check;
 pub mod rx;
+pub mod sandbox;
 pub mod serve;
 pub mod tap;
 pub mod tx;

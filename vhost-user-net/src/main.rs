@@ -6,9 +6,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use landlock::AccessFs;
 use vhost_user_net::cli::Args;
 use vhost_user_net::config::Config;
 use vhost_user_net::counters;
+use vhost_user_net::memguard;
+use vhost_user_net::relay_socket::PrivateSocket;
+use vhost_user_net::sandbox::{self, FsException, SandboxMode};
 use vhost_user_net::serve::{self, Device, Stopper};
 
 const CAPABILITIES: &str = r#"{"type":"net"}"#;
@@ -56,14 +60,31 @@ fn spawn_signal_thread(
     Ok(())
 }
 
-fn run(cfg: Config) -> anyhow::Result<()> {
+fn run(cfg: Config, sandbox_mode: SandboxMode) -> anyhow::Result<()> {
     let set = block_signals();
+    memguard::install_sigbus_handler().context("SIGBUS handler")?;
     let device = Device::open(&cfg).context("opening the tap")?;
     let listener = serve::bind(&cfg.socket).context("binding the vhost-user socket")?;
+    let private = PrivateSocket::new().context("creating the relay socket")?;
     let stop = Stopper::new()?;
+    // Everything is open and bound: confine the process before any other
+    // thread exists, so Landlock (per thread at creation) covers them all.
+    let private_dir = private.path().parent().unwrap_or(private.path());
+    let tmp = std::env::temp_dir();
+    let exceptions = [
+        FsException {
+            path: private_dir,
+            access: AccessFs::RemoveFile.into(),
+        },
+        FsException {
+            path: &tmp,
+            access: AccessFs::RemoveDir.into(),
+        },
+    ];
+    sandbox::enter(sandbox_mode, &exceptions).context("sandbox")?;
     spawn_signal_thread(set, stop.clone(), device.counters.clone())?;
     log::info!("event=listening socket={:?}", cfg.socket);
-    serve::run(&device, listener, &stop)?;
+    serve::run_with(&device, listener, &private, &stop)?;
     counters::log_all(&device.counters);
     Ok(())
 }
@@ -74,6 +95,7 @@ fn main() -> ExitCode {
         println!("{CAPABILITIES}");
         return ExitCode::SUCCESS;
     }
+    let sandbox_mode = args.sandbox;
     let cfg = match Config::try_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -85,7 +107,7 @@ fn main() -> ExitCode {
         .filter_level(cfg.log_level)
         .format_timestamp_millis()
         .init();
-    match run(cfg) {
+    match run(cfg, sandbox_mode) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vhost-user-net: {e:#}");

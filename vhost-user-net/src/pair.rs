@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
-use vhost_user_backend::{VringEpollHandler, VringRwLock, VringT};
+use vhost_user_backend::{VringEpollHandler, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -20,7 +20,7 @@ use crate::tx::{self, Negotiated, TxOutcome, TxScratch};
 /// The worker epoll of one queue pair.
 pub type PairEpoll = VringEpollHandler<Arc<NetBackend>>;
 /// Our vring type.
-pub type NetVring = VringRwLock<GuestMemoryAtomic<GuestMemoryMmap>>;
+pub type NetVring = crate::checked_vring::CheckedVring<GuestMemoryAtomic<GuestMemoryMmap>>;
 
 /// Index of the RX / TX vring within a worker's vrings.
 const RX: u16 = 0;

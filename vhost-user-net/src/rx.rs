@@ -10,12 +10,12 @@ use std::io;
 use std::os::fd::AsRawFd;
 
 use log::debug;
-use vhost_user_backend::{VringRwLock, VringT};
+use vhost_user_backend::VringT;
 use virtio_devices::net::features::HDR_LEN_V1;
 use virtio_devices::net::header::NUM_BUFFERS_OFFSET;
 use virtio_devices::net::mrg::spread;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use crate::counters::{Drop, QueueCounters};
 use crate::iov;
@@ -81,7 +81,7 @@ enum Placed {
 
 /// Moves frames from the TAP into the RX ring, at most `budget` of them.
 pub fn process(
-    vring: &VringRwLock<GuestMemoryAtomic<GuestMemoryMmap>>,
+    vring: &crate::pair::NetVring,
     mem: &GuestMemoryMmap,
     tap: &TapQueue,
     neg: Negotiated,
@@ -106,6 +106,7 @@ pub fn process(
                 Placed::NoRoom => {
                     st.pending = Some(frame);
                     if q.enable_notification(mem)? {
+                        crate::ring_check::avail_sane(q, mem)?;
                         continue;
                     }
                     break RxOutcome::NoBuffers;
@@ -116,6 +117,7 @@ pub fn process(
             // Re-arm kicks (EVENT_IDX: publishes avail_event); true means
             // buffers arrived in between.
             if q.enable_notification(mem)? {
+                crate::ring_check::avail_sane(q, mem)?;
                 continue;
             }
             break RxOutcome::NoBuffers;

@@ -2,17 +2,16 @@
 //! once, then for every frontend connection build a fresh backend, daemon
 //! and worker threads; the TAP queues (and counters) survive reconnects.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use log::{info, warn};
 use thiserror::Error;
-use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost::vhost_user::Error as VhostUserError;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -21,6 +20,7 @@ use crate::backend::{BackendError, DeviceParams, NetBackend};
 use crate::config::{Config, SocketSpec, TapSpec, format_mac};
 use crate::counters::{self, PairCounters};
 use crate::filter;
+use crate::relay_socket::{PrivateSocket, RelaySocketError};
 use crate::tap::{self, TapError, TapQueue};
 
 /// A start-up or serve-loop failure.
@@ -46,6 +46,8 @@ pub enum ServeError {
     Event(#[source] io::Error),
     #[error("waiting for a connection")]
     Poll(#[source] io::Error),
+    #[error(transparent)]
+    RelaySocket(#[from] RelaySocketError),
 }
 
 /// The long-lived part of the device: TAP queues and counters.
@@ -210,28 +212,24 @@ fn wait_for_connection(listener: &UnixListener, stop: &Stopper) -> Result<bool, 
     }
 }
 
-/// The daemon-side listener the relay connects to: an abstract unix socket
-/// private to this process (by its unguessable name).
-fn private_listener() -> Result<(Listener, SocketAddr), ServeError> {
-    let mut nonce = [0u8; 8];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut nonce));
-    let name = format!(
-        "viaduct-vhost-user-net-{}-{:016x}",
-        std::process::id(),
-        u64::from_le_bytes(nonce)
-    );
-    let err = |source| ServeError::Listen {
-        path: name.clone(),
-        source,
-    };
-    let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(err)?;
-    let l = UnixListener::bind_addr(&addr).map_err(err)?;
-    Ok((Listener::from(l), addr))
-}
-
 /// Serves one frontend after another until [`Stopper::stop`].
 pub fn run(device: &Device, listener: UnixListener, stop: &Stopper) -> Result<(), ServeError> {
-    let (mut private, private_addr) = private_listener()?;
+    run_with(device, listener, &PrivateSocket::new()?, stop)
+}
+
+/// [`run`] with the relay's private socket made beforehand (before the
+/// sandbox forbids creating sockets on the filesystem).
+pub fn run_with(
+    device: &Device,
+    listener: UnixListener,
+    private: &PrivateSocket,
+    stop: &Stopper,
+) -> Result<(), ServeError> {
+    let private_path = private
+        .path()
+        .to_str()
+        .ok_or_else(|| ServeError::Daemon("private socket path is not UTF-8".into()))?
+        .to_owned();
     let mut conn = 0u64;
     while wait_for_connection(&listener, stop)? {
         let front = match listener.accept() {
@@ -252,14 +250,12 @@ pub fn run(device: &Device, listener: UnixListener, stop: &Stopper) -> Result<()
         let mut daemon = VhostUserDaemon::new("vhost-user-net".into(), backend.clone(), mem)
             .map_err(|e| ServeError::Daemon(e.to_string()))?;
         backend.set_epoll_handlers(&daemon.get_epoll_handlers());
-        let back =
-            UnixStream::connect_addr(&private_addr).map_err(|source| ServeError::Listen {
-                path: "private".into(),
-                source,
-            })?;
+        // The backend connects to the relay's private socket; the relay
+        // only takes a connection made by this process.
         daemon
-            .start(&mut private)
+            .start_client(&private_path)
             .map_err(|e| ServeError::Daemon(e.to_string()))?;
+        let back = private.accept_own()?;
         let relay = filter::spawn_relay(front, back).map_err(ServeError::Event)?;
         info!("event=frontend_connected conn={conn}");
         if let Ok(mut cur) = stop.current.lock() {
@@ -281,6 +277,10 @@ pub fn run(device: &Device, listener: UnixListener, stop: &Stopper) -> Result<()
         drop(daemon);
         for t in relay {
             let _ = t.join();
+        }
+        let faults = crate::memguard::faults();
+        if faults > 0 {
+            warn!("event=guest_memory_faults total={faults}");
         }
         counters::log_all(&device.counters);
     }

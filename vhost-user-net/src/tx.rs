@@ -4,10 +4,10 @@
 use std::io;
 
 use log::debug;
-use vhost_user_backend::{VringRwLock, VringT};
+use vhost_user_backend::VringT;
 use virtio_devices::net::header::{HeaderError, VirtioNetHdr, check_tx_len};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use crate::counters::{Drop, QueueCounters};
 use crate::iov;
@@ -51,7 +51,7 @@ unsafe impl Send for TxScratch {}
 /// Transmits every frame the guest queued, until the ring is empty or the
 /// TAP pushes back. Ring errors (corrupt used/avail ring) are returned.
 pub fn process(
-    vring: &VringRwLock<GuestMemoryAtomic<GuestMemoryMmap>>,
+    vring: &crate::pair::NetVring,
     mem: &GuestMemoryMmap,
     tap: &TapQueue,
     neg: Negotiated,
@@ -64,6 +64,7 @@ pub fn process(
     let mut outcome = TxOutcome::Drained;
     'ring: loop {
         q.disable_notification(mem)?;
+        crate::ring_check::avail_sane(q, mem)?;
         while let Some(chain) = q.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             match send_one(chain, mem, tap, neg, counters, scratch) {

@@ -1,0 +1,323 @@
+//! The sandbox entered once the TAP is open, the socket bound and the
+//! relay's private socket made: a seccomp-bpf allowlist on every thread
+//! (TSYNC), and a Landlock domain that denies all filesystem access (but
+//! removing the relay socket on exit) and TCP, where the kernel has Landlock.
+//!
+//! The allowlist is what the serve loop, the relay, the vhost-user-backend
+//! threads, the TX/RX paths and the logger call after start-up (derived
+//! with `strace -f` and `--sandbox log` runs of the test suites, see
+//! docs/hardening.md). Anything else kills the process. This duplicates the
+//! glue in vhost-user-blk's sandbox on purpose: the lists differ, and the
+//! shared part is a dozen lines.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus,
+};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// `--sandbox`: how strict the daemon is after start-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxMode {
+    /// seccomp kills the process on any syscall off the list; Landlock on.
+    On,
+    /// No sandbox (debugging, or kernels without seccomp).
+    Off,
+    /// Like `on`, but off-list syscalls are only logged by the kernel
+    /// (audit/dmesg) — for finding what a new code path needs.
+    Log,
+}
+
+/// Entering the sandbox failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("building the seccomp filter")]
+    Build(#[source] seccompiler::BackendError),
+    #[error("installing the seccomp filter")]
+    Install(#[source] seccompiler::Error),
+    #[error("setting up landlock")]
+    Landlock(#[source] landlock::RulesetError),
+    #[error("opening a path for a landlock rule")]
+    LandlockPath(#[source] landlock::PathFdError),
+}
+
+/// One filesystem exception to the Landlock domain: `access` beneath `path`.
+pub struct FsException<'a> {
+    pub path: &'a Path,
+    pub access: BitFlags<AccessFs>,
+}
+
+const TUNSETOFFLOAD: u64 = 0x4004_54d0;
+const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
+const TUNSETQUEUE: u64 = 0x4004_54d9;
+
+/// Syscalls allowed with any arguments.
+const ALLOWED: &[i64] = &[
+    // memory, threads, signals (std, glibc, vhost-user-backend workers)
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_tgkill,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigtimedwait,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_getrandom,
+    libc::SYS_prctl,
+    // fds, events, the vhost-user socket
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_fcntl,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_lseek,
+    libc::SYS_dup,
+    libc::SYS_eventfd2,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_accept4,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_shutdown,
+    libc::SYS_getsockopt,
+    // the relay's private socket (AF_UNIX only, see `socket_rules`)
+    libc::SYS_connect,
+    // TAP I/O
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    // removing the relay socket and its directory on exit (Landlock
+    // limits where)
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_rmdir,
+    // turned into EACCES by `open_filter`
+    libc::SYS_open,
+    libc::SYS_openat,
+    libc::SYS_openat2,
+];
+
+/// ioctls allowed (second argument): the TAP settings that follow the
+/// guest's features and ring enables, and FIONBIO/FIOCLEX on sockets.
+const IOCTLS: &[u64] = &[
+    TUNSETOFFLOAD,
+    TUNSETVNETHDRSZ,
+    TUNSETQUEUE,
+    libc::FIONBIO,
+    libc::FIOCLEX,
+];
+
+/// The seccomp program; `mismatch` is what happens to off-list syscalls.
+pub fn filter(mismatch: SeccompAction) -> Result<BpfProgram, SandboxError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
+    let ioctl_rules = IOCTLS
+        .iter()
+        .map(|&req| {
+            SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)
+                .and_then(|c| SeccompRule::new(vec![c]))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(SandboxError::Build)?;
+    rules.insert(libc::SYS_ioctl, ioctl_rules);
+    // socket(2) only for AF_UNIX: the backend's connection to the relay.
+    let unix_only = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_UNIX as u64,
+    )
+    .and_then(|c| SeccompRule::new(vec![c]))
+    .map_err(SandboxError::Build)?;
+    rules.insert(libc::SYS_socket, vec![unix_only]);
+    let f = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
+        .map_err(SandboxError::Build)?;
+    BpfProgram::try_from(f).map_err(SandboxError::Build)
+}
+
+/// A second filter that makes opening files fail with EACCES instead of
+/// killing: glibc's malloc reads /proc/sys/vm/overcommit_memory when it
+/// trims a heap and copes with an error. (Stacked filters: the kernel takes
+/// the most restrictive verdict, so this only turns allow/kill of the first
+/// filter into EACCES for these calls.)
+pub fn open_filter() -> Result<BpfProgram, SandboxError> {
+    let rules = [libc::SYS_open, libc::SYS_openat, libc::SYS_openat2]
+        .iter()
+        .map(|&nr| (nr, Vec::new()))
+        .collect();
+    let f = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(SandboxError::Build)?;
+    BpfProgram::try_from(f).map_err(SandboxError::Build)
+}
+
+/// Landlock: no filesystem access but `exceptions`, no TCP bind/connect.
+/// Returns whether the kernel enforced it (best effort on older kernels).
+fn landlock(exceptions: &[FsException]) -> Result<RulesetStatus, SandboxError> {
+    let abi = ABI::V5;
+    let mut ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
+        .and_then(|r| r.create())
+        .map_err(SandboxError::Landlock)?;
+    for e in exceptions {
+        let fd = PathFd::new(e.path).map_err(SandboxError::LandlockPath)?;
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(fd, e.access))
+            .map_err(SandboxError::Landlock)?;
+    }
+    let status = ruleset.restrict_self().map_err(SandboxError::Landlock)?;
+    Ok(status.ruleset)
+}
+
+/// Enters the sandbox (call from the main thread before it spawns the
+/// threads that should be confined by Landlock; seccomp covers all).
+/// `exceptions` is what the filesystem may still be used for (removing our
+/// relay socket on exit).
+pub fn enter(mode: SandboxMode, exceptions: &[FsException]) -> Result<(), SandboxError> {
+    let mismatch = match mode {
+        SandboxMode::Off => {
+            log::warn!("event=sandbox state=off");
+            return Ok(());
+        }
+        SandboxMode::On => SeccompAction::KillProcess,
+        SandboxMode::Log => SeccompAction::Log,
+    };
+    let landlock = landlock(exceptions)?;
+    // The open filter first: once the allowlist is in, seccomp(2) is not.
+    for prog in [open_filter()?, filter(mismatch)?] {
+        seccompiler::apply_filter_all_threads(&prog).map_err(SandboxError::Install)?;
+    }
+    log::info!("event=sandbox state={mode:?} seccomp=all_threads landlock={landlock:?}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `body` in a forked child under the filter; returns the child's
+    /// wait status.
+    fn in_filtered_child(body: fn() -> i32) -> libc::c_int {
+        let prog = filter(SeccompAction::KillProcess).unwrap();
+        let open = open_filter().unwrap();
+        // SAFETY: the child only installs the prebuilt filter (prctl +
+        // seccomp) and makes raw syscalls before _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let applied =
+                seccompiler::apply_filter(&open).and_then(|()| seccompiler::apply_filter(&prog));
+            let code = match applied {
+                Ok(()) => body(),
+                Err(_) => 100,
+            };
+            // SAFETY: ends the forked child without running destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        status
+    }
+
+    #[test]
+    fn forbidden_syscall_kills_the_process() {
+        let status = in_filtered_child(|| {
+            // SAFETY: a raw socket(2) call; any result is fine.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            0
+        });
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+        assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+        let status = in_filtered_child(|| {
+            // SAFETY: ioctl(TUNSETIFF) on fd 0 with no argument; it must be
+            // refused before the kernel looks at the pointer.
+            unsafe { libc::ioctl(0, 0x4004_54ca, std::ptr::null_mut::<u8>()) };
+            0
+        });
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+        let status = in_filtered_child(|| {
+            // SAFETY: ioctl with a request not on the list (TCGETS on fd 0).
+            unsafe { libc::ioctl(0, libc::TCGETS, std::ptr::null_mut::<u8>()) };
+            0
+        });
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+    }
+
+    #[test]
+    fn opening_files_fails_with_eacces() {
+        let status = in_filtered_child(|| {
+            // SAFETY: open(2) of a path that exists; the fd is not used.
+            let fd = unsafe { libc::open(c"/proc/self/status".as_ptr(), libc::O_RDONLY) };
+            // SAFETY: reads this thread's errno.
+            let errno = unsafe { *libc::__errno_location() };
+            if fd < 0 && errno == libc::EACCES {
+                9
+            } else {
+                1
+            }
+        });
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), 9);
+    }
+
+    #[test]
+    fn allowed_syscalls_pass() {
+        let status = in_filtered_child(|| {
+            // SAFETY: socket(AF_UNIX) + eventfd2 + write + close on fresh fds.
+            unsafe {
+                let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                if s < 0 {
+                    return 2;
+                }
+                libc::close(s);
+                let fd = libc::eventfd(0, 0);
+                let one = 1u64;
+                let w = libc::write(fd, (&one as *const u64).cast(), 8);
+                libc::close(fd);
+                if fd >= 0 && w == 8 { 7 } else { 1 }
+            }
+        });
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), 7);
+    }
+}
