@@ -49,7 +49,8 @@ result ${T}_uptime=$(cut -d' ' -f1 /proc/uptime) ${T}_kernel=$(uname -r)
 result ${T}_banner=$(dmesg | grep -c 'Linux version')
 if [ -b /dev/vda ]; then
   result ${T}_vda=1 ${T}_vda_bytes=$(blockdev --getsize64 /dev/vda)
-  result ${T}_msix=$(grep -c 'PCI-MSIX.*virtio' /proc/interrupts)
+  D=$(basename $(readlink -f /sys/block/vda/device))
+  result ${T}_msix=$(grep -c "PCI-MSIX.*$D-" /proc/interrupts)
   result ${T}_host_md5=$(dd if=/dev/vda bs=1M skip=4 count=1 2>/dev/null | md5sum | cut -d' ' -f1)
   yes VIADUCT-GUEST-PATTERN | head -c 4194304 > /tmp/p
   result ${T}_wrote_md5=$(md5sum < /tmp/p | cut -d' ' -f1)
@@ -58,7 +59,6 @@ if [ -b /dev/vda ]; then
   result ${T}_read_md5=$(dd if=/dev/vda bs=1M skip=16 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
   result ${T}_mq=$(ls /sys/block/vda/mq | wc -l)
   # Driver reset and re-probe: the VMM stops the rings and sets them up again.
-  D=$(basename $(readlink -f /sys/block/vda/device))
   echo $D > /sys/bus/virtio/drivers/virtio_blk/unbind
   echo $D > /sys/bus/virtio/drivers/virtio_blk/bind
   for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
@@ -66,14 +66,33 @@ if [ -b /dev/vda ]; then
 else
   result ${T}_vda=0
 fi
+if [ -e /sys/class/net/eth0 ]; then
+  result ${T}_mac=$(cat /sys/class/net/eth0/address)
+  E=$(basename $(readlink -f /sys/class/net/eth0/device))
+  result ${T}_net_msix=$(grep -c "PCI-MSIX.*$E-" /proc/interrupts)
+  ip link set eth0 up
+  ip addr add 10.0.3.2/24 dev eth0
+  n=0
+  for i in 1 2 3 4 5; do
+    n=$(ping -c 3 -W 1 10.0.3.1 2>/dev/null | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+    [ "${n:-0}" -gt 0 ] && break
+    sleep 1
+  done
+  result ${T}_ping=${n:-0}
+fi
 "#;
+
+/// The MAC viaduct gives the L2 NIC (it overrides the backend's).
+pub const L2_MAC: &str = "52:54:00:12:34:99";
 
 /// Which vhost-user-blk daemon serves the L2 disk inside L1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskBackend {
     /// QEMU's qemu-storage-daemon (the reference backend).
     QemuStorageDaemon,
-    /// The project's own `vhost-user-blk` daemon.
+    /// The project's own `vhost-user-blk` daemon; this run also gives L2 a
+    /// NIC from the project's `vhost-user-net` daemon (a TAP in L1), so the
+    /// whole Viaduct stack is exercised.
     Viaduct,
 }
 
@@ -111,6 +130,16 @@ pub fn l1_disk_script(backends: &[DiskBackend]) -> String {
         let image = format!("/tmp/disk-{t}.raw");
         let sock = format!("/tmp/blk-{t}.sock");
         let serve = b.command(&image, &sock);
+        let (net_start, net_arg, net_stop) = match b {
+            DiskBackend::Viaduct => (
+                format!(
+                    "{L1_BIN_DIR}/vhost-user-net --socket-path /tmp/net.sock --tap vtap0 --host-ip 10.0.3.1/24 </dev/null >/tmp/net-daemon.log 2>&1 &\nN=$!\nfor i in $(seq 100); do [ -S /tmp/net.sock ] && break; sleep 0.1; done\n"
+                ),
+                format!(" --net socket=/tmp/net.sock,mac={L2_MAC}"),
+                "kill $N; wait $N 2>/dev/null\ntail -n 20 /tmp/net-daemon.log | sed 's/^/[net-daemon] /'\n".to_string(),
+            ),
+            DiskBackend::QemuStorageDaemon => (String::new(), String::new(), String::new()),
+        };
         s.push_str(&format!(
             r#"truncate -s 64M {image}
 yes VIADUCT-HOST-PATTERN | head -c 1048576 > /tmp/hp
@@ -121,10 +150,12 @@ result host_md5=$(md5sum < /tmp/hp | cut -d' ' -f1)
 D=$!
 for i in $(seq 100); do [ -S {sock} ] && break; sleep 0.1; done
 [ -S {sock} ] && result {t}_listening=1 || result {t}_listening=0
+{net_start}
 RUST_LOG=info {L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/bz --initramfs {L1_GUEST_DIR}/l2.cpio \
   --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG={t}' --cpus 2 --memory 256M \
-  --disk socket={sock},num_queues=2 </dev/null
+  --disk socket={sock},num_queues=2{net_arg} </dev/null
 result {t}_exit=$?
+{net_stop}
 kill $D; wait $D 2>/dev/null
 tail -n 20 /tmp/{t}-daemon.log | sed 's/^/[{t}-daemon] /'
 result {t}_landed_md5=$(dd if={image} bs=1M skip=16 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
@@ -164,12 +195,12 @@ pub fn logged_rss_kib(console: &Console) -> Vec<u64> {
         .collect()
 }
 
-/// Writes the L2 initramfs (busybox, virtio_blk, [`L2_SCENARIO`]).
+/// Writes the L2 initramfs (busybox, virtio_blk, virtio_net, [`L2_SCENARIO`]).
 pub fn l2_initramfs(kernel: &GuestKernel, work: &Path) -> Result<PathBuf, SelfTestError> {
     let tree = ModuleTree::open(&kernel.modules)?;
     let mut l2 = Initramfs::new();
     l2.busybox()?
-        .modules(&tree, &["virtio_blk"])?
+        .modules(&tree, &["virtio_blk", "virtio_net"])?
         .scenario(L2_SCENARIO);
     let path = work.join("l2.cpio");
     l2.write(&path)?;
@@ -256,10 +287,15 @@ pub fn boot_l2_with_disk(
                 &format!("{L1_BIN_DIR}/qemu-storage-daemon"),
                 Path::new("/usr/bin/qemu-storage-daemon"),
             )?,
-            DiskBackend::Viaduct => img.binary(
-                &format!("{L1_BIN_DIR}/vhost-user-blk"),
-                &project_binary("vhost-user-blk")?,
-            )?,
+            DiskBackend::Viaduct => img
+                .binary(
+                    &format!("{L1_BIN_DIR}/vhost-user-blk"),
+                    &project_binary("vhost-user-blk")?,
+                )?
+                .binary(
+                    &format!("{L1_BIN_DIR}/vhost-user-net"),
+                    &project_binary("vhost-user-net")?,
+                )?,
         };
     }
     img.host_file(&format!("{L1_GUEST_DIR}/l2.cpio"), &l2_path, 0o644)?;
@@ -301,9 +337,23 @@ pub fn boot_l2_with_disk(
             "{b:?}: L2 saw /dev/vda (64 MiB, 2 queues, 3 MSI-X vectors), read the host's pattern, wrote 4 MiB that landed in the image, and read it again after a driver unbind/bind (device reset); L2 reached init {}s after kernel start",
             c.get(&k("uptime"))?
         ));
+        if *b == DiskBackend::Viaduct {
+            c.expect(&k("mac"), L2_MAC)?;
+            c.expect(&k("net_msix"), "3")?;
+            let replies: u32 = c.get(&k("ping"))?.parse().unwrap_or(0);
+            if replies == 0 {
+                return Err(SelfTestError::Check(format!(
+                    "L2 could not ping L1 over vhost-user-net\n{}",
+                    c.tail(40)
+                )));
+            }
+            facts.push(format!(
+                "L2 NIC from vhost-user-net has the MAC viaduct set ({L2_MAC}) and pinged L1's TAP ({replies} replies)"
+            ));
+        }
     }
     Ok(Report {
-        name: "viaduct gives L2 a vhost-user-blk disk in test host B",
+        name: "viaduct gives L2 vhost-user disks (and a NIC) in test host B",
         elapsed: start.elapsed(),
         facts,
     })

@@ -20,7 +20,7 @@ fn kit(name: &str) -> (guest_kit::kernel::GuestKernel, Scratch) {
 }
 
 #[test]
-fn viaduct_serves_vhost_user_disks_from_qsd_and_our_daemon_to_l2_in_test_host_b() {
+fn viaduct_serves_l2_disks_from_qsd_and_our_daemon_and_a_nic_from_our_net_daemon() {
     let _one = ONE_HOST.lock().unwrap_or_else(|e| e.into_inner());
     let (kernel, work) = kit("vmm-disk");
     let backends = [DiskBackend::QemuStorageDaemon, DiskBackend::Viaduct];
