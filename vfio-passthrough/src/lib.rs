@@ -2,8 +2,19 @@
 //!
 //! - [`sriov`]: creating and destroying VFs (sysfs), configuring them from
 //!   the PF (rtnetlink `IFLA_VFINFO_LIST`), binding them to vfio-pci.
-//!
-//! Passthrough of a device into a guest (container/group/device, DMA maps,
-//! config-space virtualization, MSI-X to irqfd) is issue 6's next part.
+//! - Passthrough of a device into a guest: [`group`] (is it usable?),
+//!   [`session`] (container, DMA, open/reset/shutdown), [`device`] (the
+//!   PCI function the VMM's bus drives), [`config`] (config-space
+//!   virtualization), [`bars`] (BARs as KVM memory slots),
+//!   [`interrupts`] (MSI-X to irqfd), [`dma`], [`reset`], [`vf`] (mac/vlan).
 
+pub mod bars;
+pub mod config;
+pub mod device;
+pub mod dma;
+pub mod group;
+pub mod interrupts;
+pub mod reset;
+pub mod session;
 pub mod sriov;
+pub mod vf;

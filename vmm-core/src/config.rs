@@ -76,6 +76,8 @@ pub struct VmConfig {
     pub memory: MemoryConfig,
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
+    /// `--device vfio=BDF[,mac=MAC][,vlan=ID]` passthrough functions.
+    pub vfio: Vec<vfio_passthrough::session::DeviceSpec>,
     pub serial: SerialMode,
     pub api_socket: Option<PathBuf>,
 }
@@ -207,6 +209,41 @@ pub fn parse_net(spec: &str) -> Result<NetConfig, ConfigError> {
     Ok(net)
 }
 
+/// Parses `--device vfio=BDF[,mac=MAC][,vlan=ID]`.
+pub fn parse_device(spec: &str) -> Result<vfio_passthrough::session::DeviceSpec, ConfigError> {
+    let derr = |why: String| ConfigError::Device {
+        what: "--device",
+        spec: spec.into(),
+        why,
+    };
+    let mut dev = vfio_passthrough::session::DeviceSpec {
+        bdf: String::new(),
+        mac: None,
+        vlan: None,
+    };
+    for (k, v) in pairs(spec).map_err(derr)? {
+        match k {
+            "vfio" => {
+                dev.bdf =
+                    vfio_passthrough::group::normalize_bdf(v).map_err(|e| derr(e.to_string()))?
+            }
+            "mac" => match parse_mac(v) {
+                Some(m) if m[0] & 1 == 0 && m != [0; 6] => dev.mac = Some(m),
+                _ => return Err(derr(format!("mac={v} is not a unicast MAC"))),
+            },
+            "vlan" => match v.parse::<u16>() {
+                Ok(id) if id < 4095 => dev.vlan = Some(id),
+                _ => return Err(derr(format!("vlan={v} is not a VLAN id (0-4094)"))),
+            },
+            _ => return Err(derr(format!("unknown option `{k}`"))),
+        }
+    }
+    if dev.bdf.is_empty() {
+        return Err(derr("vfio=BDF is required".into()));
+    }
+    Ok(dev)
+}
+
 /// Parses `--serial stdio|off|file=PATH`.
 pub fn parse_serial(spec: &str) -> Result<SerialMode, ConfigError> {
     match spec {
@@ -324,6 +361,26 @@ mod tests {
     }
 
     #[test]
+    fn vfio_devices() {
+        let d = parse_device("vfio=0000:01:10.0,mac=02:00:00:00:0a:01,vlan=100").unwrap();
+        assert_eq!(d.bdf, "0000:01:10.0");
+        assert_eq!(d.mac, Some([2, 0, 0, 0, 0x0a, 1]));
+        assert_eq!(d.vlan, Some(100));
+        assert_eq!(parse_device("vfio=01:00.0").unwrap().bdf, "0000:01:00.0");
+        for bad in [
+            "mac=02:00:00:00:00:01",
+            "vfio=1:0.0",
+            "vfio=0000:01:10.0,mac=01:00:5e:00:00:01",
+            "vfio=0000:01:10.0,vlan=4095",
+            "vfio=0000:01:10.0,vlan=-1",
+            "vfio=0000:01:10.0,rom=off",
+            "vfio",
+        ] {
+            assert!(parse_device(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn serial_and_cpus() {
         assert_eq!(parse_serial("stdio"), Ok(SerialMode::Stdio));
         assert_eq!(parse_serial("off"), Ok(SerialMode::Off));
@@ -351,6 +408,7 @@ mod tests {
             },
             disks: vec![],
             nets: vec![],
+            vfio: vec![],
             serial: SerialMode::Stdio,
             api_socket: None,
         };

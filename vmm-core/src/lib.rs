@@ -10,4 +10,5 @@ pub mod kvm_check;
 pub mod lifecycle;
 pub mod memory;
 pub mod pci;
+pub mod vfio;
 pub mod vm;

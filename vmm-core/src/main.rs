@@ -21,6 +21,9 @@ use vmm_core::config::{self, VmConfig};
 /// with status 0; a guest panic or a VMM failure ends it with status 1 and a
 /// one-line reason on stderr; bad arguments with status 2 before anything starts.
 ///
+/// Pass a VF bound to vfio-pci through (see `viaduct sriov bind`), with its MAC
+/// set on the PF first:  --device vfio=0000:01:10.0,mac=02:00:00:00:00:01,vlan=100
+///
 ///   viaduct check-kvm      # open /dev/kvm, create a VM and a vCPU, list capabilities
 ///   viaduct sriov list     # SR-IOV PFs and VFs; see `viaduct sriov --help`
 #[derive(Parser, Debug)]
@@ -54,6 +57,10 @@ struct Cli {
     /// A vhost-user-net NIC: socket=PATH[,mac=MAC][,num_queue_pairs=N][,queue_size=N]. Repeatable.
     #[arg(long, value_name = "socket=PATH,...")]
     net: Vec<String>,
+    /// A passed-through PCI function bound to vfio-pci: vfio=BDF[,mac=MAC][,vlan=ID].
+    /// mac=/vlan= (VFs only) are set on the PF before the guest boots. Repeatable.
+    #[arg(long, value_name = "vfio=BDF,...")]
+    device: Vec<String>,
     /// Serial console: stdio, file=PATH or off.
     #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio")]
     serial: String,
@@ -96,6 +103,11 @@ fn vm_config(cli: Cli) -> anyhow::Result<VmConfig> {
             .net
             .iter()
             .map(|n| config::parse_net(n))
+            .collect::<Result<_, _>>()?,
+        vfio: cli
+            .device
+            .iter()
+            .map(|d| config::parse_device(d))
             .collect::<Result<_, _>>()?,
         serial: config::parse_serial(&cli.serial)?,
         api_socket: cli.api_socket,

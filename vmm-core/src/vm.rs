@@ -73,6 +73,8 @@ pub enum VmError {
     PciSlot(#[from] PciRootError),
     #[error("guest memory region at {0:#x} has no host mapping")]
     NoHostMapping(u64),
+    #[error(transparent)]
+    Vfio(#[from] crate::vfio::VfioError),
 }
 
 /// A KVM VM with its RAM, buses and lifecycle.
@@ -83,6 +85,8 @@ pub struct Vm {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub lifecycle: Arc<Lifecycle>,
+    /// `--device vfio=` functions, shut down after the guest.
+    pub passthrough: crate::vfio::Passthrough,
 }
 
 impl Vm {
@@ -127,6 +131,7 @@ impl Vm {
             pio: Arc::new(Bus::new()),
             mmio: Arc::new(Bus::new()),
             lifecycle: Arc::new(Lifecycle::new().map_err(VmError::EventFd)?),
+            passthrough: Default::default(),
         })
     }
 
@@ -228,6 +233,8 @@ impl Vm {
                 .map_err(|e| VmError::VhostUser(format!("net {}", n.socket.display()), e))?;
             devices.push((format!("net {}", n.socket.display()), Box::new(dev)));
         }
+        let first_vfio_slot =
+            u8::try_from(devices.len() + 1).map_err(|_| PciRootError::Slot(u8::MAX))?;
         for (i, (name, dev)) in devices.into_iter().enumerate() {
             let slot = u8::try_from(i + 1).map_err(|_| PciRootError::Slot(u8::MAX))?;
             let routes = KvmMsiRoutes::new(self.fd.clone(), routing.clone(), dev.num_queues() + 1)?;
@@ -243,6 +250,14 @@ impl Vm {
             }
             root.add(slot, Arc::new(Mutex::new(pci)))?;
         }
+        self.passthrough.attach(
+            self,
+            &cfg.vfio,
+            &mut root,
+            &mut bars,
+            &routing,
+            first_vfio_slot,
+        )?;
         self.pio.insert(
             Arc::new(Mutex::new(root)),
             pci_root::CONFIG_PORT,
@@ -284,7 +299,9 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, VmError> {
         handles.push(vcpu.spawn()?);
     }
     let input = (cfg.serial == SerialMode::Stdio).then_some(serial);
-    event_loop::run(&vm.lifecycle, input)?;
+    let ended = event_loop::run(&vm.lifecycle, input);
+    vm.passthrough.shutdown();
+    ended?;
     let outcome = vm.lifecycle.outcome().unwrap_or(Outcome {
         code: 1,
         message: "VM stopped without a reason".into(),

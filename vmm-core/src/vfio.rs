@@ -1,0 +1,119 @@
+//! `--device vfio=BDF[,mac=MAC][,vlan=ID]`: passed-through PCI functions on
+//! the VM's PCI bus. The VFIO work is in the `vfio_passthrough` crate; this
+//! file connects it to the VM: guest RAM for DMA, MSI routes over the VM's
+//! GSI table, BAR placement, and shutdown after the guest ends.
+
+use std::sync::{Arc, Mutex};
+
+use vfio_passthrough::dma::DmaRange;
+use vfio_passthrough::session::{DeviceSpec, SessionError, VfioSession};
+use virtio_devices::pci::{MsiRoutes, PciDevice};
+use vm_memory::GuestMemoryBackend;
+
+use crate::pci::msi::{GsiRouting, KvmMsiRoutes};
+use crate::pci::root::{PciRoot, PciRootError};
+use crate::pci::{BarAllocError, BarAllocator};
+use crate::vm::Vm;
+
+/// First KVM memory slot for BAR mappings (RAM uses the ones below).
+const FIRST_BAR_SLOT: u32 = 16;
+
+/// Why passthrough could not be added to the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VfioError {
+    #[error("--device vfio={0}")]
+    Session(String, #[source] SessionError),
+    #[error("--device vfio={0}: guest RAM at {1:#x} has no host mapping")]
+    NoHostMapping(String, u64),
+    #[error("--device vfio={0}: BAR placement")]
+    Bar(String, #[source] BarAllocError),
+    #[error(transparent)]
+    Slot(#[from] PciRootError),
+}
+
+/// The VM's passthrough devices, shut down (reset, DMA unmapped) when the
+/// guest has ended.
+#[derive(Default)]
+pub struct Passthrough {
+    session: Mutex<Option<VfioSession>>,
+}
+
+impl Passthrough {
+    /// Opens every `--device vfio=` function and puts it on `root` from
+    /// slot `first_slot` on, before any vCPU runs.
+    pub fn attach(
+        &self,
+        vm: &Vm,
+        specs: &[DeviceSpec],
+        root: &mut PciRoot,
+        bars: &mut BarAllocator,
+        routing: &Arc<Mutex<GsiRouting>>,
+        first_slot: u8,
+    ) -> Result<(), VfioError> {
+        let Some(first) = specs.first() else {
+            return Ok(());
+        };
+        let mut ram = Vec::with_capacity(vm.ram.ranges.len());
+        for r in &vm.ram.ranges {
+            let hva = vm
+                .ram
+                .mem
+                .get_host_address(vm_memory::GuestAddress(r.guest_addr))
+                .map_err(|_| VfioError::NoHostMapping(first.bdf.clone(), r.guest_addr))?;
+            ram.push(DmaRange {
+                gpa: r.guest_addr,
+                size: r.size,
+                hva: hva as u64,
+            });
+        }
+        // SAFETY: `ram` is the VM's memfd mapping, alive as long as the VM
+        // (the process) and touched by the VMM only through vm-memory's
+        // volatile accessors and system calls.
+        let mut session = unsafe { VfioSession::new(vm.fd.clone(), ram, FIRST_BAR_SLOT) }
+            .map_err(|e| VfioError::Session(first.bdf.clone(), e))?;
+        for (i, spec) in specs.iter().enumerate() {
+            let slot = first_slot
+                .checked_add(i as u8)
+                .ok_or(PciRootError::Slot(u8::MAX))?;
+            let vmfd = vm.fd.clone();
+            let routing = routing.clone();
+            let routes = move |n: u16| -> std::io::Result<Box<dyn MsiRoutes>> {
+                let r = KvmMsiRoutes::new(vmfd, routing, n).map_err(std::io::Error::other)?;
+                Ok(Box::new(r))
+            };
+            let dev = session
+                .open(spec, routes)
+                .map_err(|e| VfioError::Session(spec.bdf.clone(), e))?;
+            {
+                let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
+                for bar in d.bars() {
+                    let addr = bars
+                        .allocate(bar.size)
+                        .map_err(|e| VfioError::Bar(spec.bdf.clone(), e))?;
+                    d.set_bar_addr(bar.index, addr);
+                    log::info!(
+                        "vfio {}: PCI 00:{slot:02x}.0, BAR {} ({:#x} bytes) at {addr:#x}",
+                        spec.bdf,
+                        bar.index,
+                        bar.size
+                    );
+                }
+            }
+            root.add(slot, dev)?;
+        }
+        *self.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(session);
+        Ok(())
+    }
+
+    /// After the guest: MSI-X off, BARs unmapped, devices reset, DMA unmapped.
+    pub fn shutdown(&self) {
+        if let Some(mut s) = self
+            .session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            s.shutdown();
+        }
+    }
+}
