@@ -68,6 +68,8 @@ pub enum Status {
 pub struct SystemResult {
     pub system: String,
     pub role: Role,
+    /// Serialised as `"status": "ok" | "n/a" | "failed"` plus `"reason"`.
+    #[serde(flatten)]
     pub status: Status,
     pub runs: Vec<Measurement>,
 }

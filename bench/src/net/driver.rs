@@ -6,7 +6,8 @@
 use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use vhost::vhost_user::message::VhostUserVirtioFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
@@ -210,15 +211,15 @@ impl Guest {
     }
 
     /// Sends `pkt` (vnet header + frame) with the TX ring kept full until
-    /// `until`; returns frames the device completed.
-    pub fn tx_loop(&mut self, pkt: &[u8], until: Instant) -> Result<u64, DriverError> {
+    /// `stop`; returns frames the device completed.
+    pub fn tx_loop(&mut self, pkt: &[u8], stop: &AtomicBool) -> Result<u64, DriverError> {
         self.mem
             .write_slice(pkt, GuestAddress(TX_BUF))
             .map_err(mem_err)?;
         let len = u32::try_from(pkt.len()).map_err(mem_err)?;
         let mut outstanding = 0u32;
         let mut done = 0u64;
-        while Instant::now() < until {
+        while !stop.load(Ordering::Relaxed) {
             let mut added = false;
             while outstanding < u32::from(QSIZE) {
                 self.tx.add(&self.mem, TX_BUF, len, false)?;
@@ -238,9 +239,9 @@ impl Guest {
         Ok(done)
     }
 
-    /// Posts RX buffers and recycles them until `until`; returns frames
+    /// Posts RX buffers and recycles them until `stop`; returns frames
     /// received.
-    pub fn rx_loop(&mut self, until: Instant) -> Result<u64, DriverError> {
+    pub fn rx_loop(&mut self, stop: &AtomicBool) -> Result<u64, DriverError> {
         for i in 0..u64::from(QSIZE) {
             self.rx
                 .add(&self.mem, RX_BUF + i * RX_SLOT, RX_SLOT as u32, true)?;
@@ -248,7 +249,7 @@ impl Guest {
         self.kick(0);
         let mut got = 0u64;
         let mut next = 0u64;
-        while Instant::now() < until {
+        while !stop.load(Ordering::Relaxed) {
             let n = self.rx.reap(&self.mem)?;
             for _ in 0..n {
                 self.rx

@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -206,28 +208,31 @@ pub fn viaduct_own(env: &Env, t: Traffic, timing: &Timing) -> Result<Measurement
     } else {
         frames::plain_packet(t.len)
     };
-    let until = Instant::now() + timing.warmup + timing.window + Duration::from_millis(1500);
+    let stop = Arc::new(AtomicBool::new(false));
     let (tid_tx, tid_rx) = mpsc::channel();
     let _flood = match t.dir {
         Dir::TapToGuest => Some(Flooder::start(OUR_TAP, t.len).map_err(failed)?),
         Dir::GuestToTap => None,
     };
     let dir = t.dir;
+    let st = stop.clone();
     let worker = std::thread::spawn(move || {
         let _ = tid_tx.send(Task::current_thread());
         match dir {
-            Dir::GuestToTap => guest.tx_loop(&pkt, until),
-            Dir::TapToGuest => guest.rx_loop(until),
+            Dir::GuestToTap => guest.tx_loop(&pkt, &st),
+            Dir::TapToGuest => guest.rx_loop(&st),
         }
     });
-    let me = tid_rx
-        .recv_timeout(Duration::from_secs(5))
-        .map_err(|_| RunError::Failed("driver thread did not start".into()))?;
+    let Ok(me) = tid_rx.recv_timeout(Duration::from_secs(5)) else {
+        stop.store(true, Ordering::Relaxed);
+        return Err(RunError::Failed("driver thread did not start".into()));
+    };
     let counter = match t.dir {
         Dir::GuestToTap => Counter::TapRx(OUR_TAP),
         Dir::TapToGuest => Counter::TapTx(OUR_TAP),
     };
     let r = measure(timing, counter, &[Task::Process(d.pid())], &[me], t.len);
+    stop.store(true, Ordering::Relaxed);
     let joined = worker.join();
     d.stop(Duration::from_secs(3));
     match joined {
@@ -327,27 +332,30 @@ pub fn raw_tap(t: Traffic, timing: &Timing) -> Result<Measurement, RunError> {
         Dir::TapToGuest => Some(Flooder::start(RAW_TAP, t.len).map_err(failed)?),
         Dir::GuestToTap => None,
     };
-    let until = Instant::now() + timing.warmup + timing.window + Duration::from_millis(300);
+    let stop = AtomicBool::new(false);
     let (tid_tx, tid_rx) = mpsc::channel();
     let dir = t.dir;
     let r = std::thread::scope(|s| {
-        let fd = &fd;
-        let pkt = &pkt;
+        let (fd, pkt, st) = (&fd, &pkt, &stop);
         s.spawn(move || {
             let _ = tid_tx.send(Task::current_thread());
             match dir {
-                Dir::GuestToTap => tap::write_loop(fd, pkt, until),
-                Dir::TapToGuest => tap::read_loop(fd, until),
+                Dir::GuestToTap => tap::write_loop(fd, pkt, st),
+                Dir::TapToGuest => tap::read_loop(fd, st),
             }
         });
-        let me = tid_rx
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| RunError::Failed("TAP thread did not start".into()))?;
-        let counter = match dir {
-            Dir::GuestToTap => Counter::TapRx(RAW_TAP),
-            Dir::TapToGuest => Counter::TapTx(RAW_TAP),
+        let r = match tid_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(me) => {
+                let counter = match dir {
+                    Dir::GuestToTap => Counter::TapRx(RAW_TAP),
+                    Dir::TapToGuest => Counter::TapTx(RAW_TAP),
+                };
+                measure(timing, counter, &[], &[me], t.len)
+            }
+            Err(_) => Err(RunError::Failed("TAP thread did not start".into())),
         };
-        measure(timing, counter, &[], &[me], t.len)
+        stop.store(true, Ordering::Relaxed);
+        r
     });
     drop(fd);
     r

@@ -236,11 +236,11 @@ impl Drop for Flooder {
     }
 }
 
-/// Writes `pkt` (vnet header + frame) to `fd` in a loop until `until`;
+/// Writes `pkt` (vnet header + frame) to `fd` in a loop until `stop`;
 /// returns the writes that succeeded.
-pub fn write_loop(fd: &OwnedFd, pkt: &[u8], until: Instant) -> u64 {
+pub fn write_loop(fd: &OwnedFd, pkt: &[u8], stop: &AtomicBool) -> u64 {
     let mut n = 0u64;
-    while Instant::now() < until {
+    while !stop.load(Ordering::Relaxed) {
         for _ in 0..64 {
             // SAFETY: write reads `pkt`.
             if unsafe { libc::write(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len()) } > 0 {
@@ -251,11 +251,11 @@ pub fn write_loop(fd: &OwnedFd, pkt: &[u8], until: Instant) -> u64 {
     n
 }
 
-/// Reads frames from non-blocking-free `fd` until `until`; returns the count.
-pub fn read_loop(fd: &OwnedFd, until: Instant) -> u64 {
+/// Reads frames from `fd` until `stop`; returns the count.
+pub fn read_loop(fd: &OwnedFd, stop: &AtomicBool) -> u64 {
     let mut buf = vec![0u8; 70_000];
     let mut n = 0u64;
-    while Instant::now() < until {
+    while !stop.load(Ordering::Relaxed) {
         let mut pfd = libc::pollfd {
             fd: fd.as_raw_fd(),
             events: libc::POLLIN,
