@@ -84,11 +84,13 @@ fn target(m: Option<MsixLayout>, bar: usize, offset: u64) -> Target {
 
 /// A passed-through PCI function.
 pub struct VfioPciDevice {
+    // Dropped first: the BAR mmaps hold the device file open, and the
+    // group can only leave the container once the device is released.
+    maps: BarMaps,
     name: String,
     dev: Arc<VfioDevice>,
     config: VirtualConfig,
     msix: Option<MsixInterrupts>,
-    maps: BarMaps,
     bar_sizes: [u64; 6],
     /// Counters an operator can read in the log at shutdown.
     trapped_reads: u64,
