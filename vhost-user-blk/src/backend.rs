@@ -5,7 +5,7 @@
 //! A fresh backend (and fresh exit eventfds) is built for every connection.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -21,6 +21,7 @@ use vmm_sys_util::event::{
 
 use crate::counters::QueueCounters;
 use crate::disk::Disk;
+use crate::exit_fds::LeakedExitFds;
 use crate::worker::{AtomicMem, QueueWorker, Vring, WorkerError, WorkerSettings};
 
 /// Backend construction failed.
@@ -42,6 +43,7 @@ pub struct VhostUserBlkBackend {
     acked_features: AtomicU64,
     writeback: Arc<AtomicBool>,
     exit_events: Mutex<Vec<Option<(EventConsumer, EventNotifier)>>>,
+    exit_fds: LeakedExitFds,
 }
 
 impl VhostUserBlkBackend {
@@ -77,6 +79,7 @@ impl VhostUserBlkBackend {
             acked_features: AtomicU64::new(0),
             writeback: settings.writeback,
             exit_events: Mutex::new(exit_events),
+            exit_fds: LeakedExitFds::default(),
         })
     }
 
@@ -89,6 +92,12 @@ impl VhostUserBlkBackend {
     /// Completion eventfd of queue `q`'s io_uring (raw images only).
     pub fn completion_fd(&self, q: usize) -> Option<RawFd> {
         self.workers.get(q).and_then(|w| lock(w).completion_fd())
+    }
+
+    /// Close the exit-event fds vhost-user-backend leaks (see
+    /// [`crate::exit_fds`]); call with the backend exclusively owned.
+    pub fn close_leaked_exit_fds(&mut self) {
+        self.exit_fds.close_all();
     }
 
     /// Wait for every request in flight on every queue (disconnect, shutdown).
@@ -181,7 +190,11 @@ impl VhostUserBackend for VhostUserBlkBackend {
             .exit_events
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        events.get_mut(thread_index).and_then(Option::take)
+        let pair = events.get_mut(thread_index).and_then(Option::take);
+        if let Some((consumer, _)) = &pair {
+            self.exit_fds.note(consumer.as_raw_fd());
+        }
+        pair
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {

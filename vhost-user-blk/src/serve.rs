@@ -301,6 +301,11 @@ impl Server {
         }
         drop(handlers);
         drop(daemon);
+        let mut backend = backend;
+        match Arc::get_mut(&mut backend) {
+            Some(b) => b.close_leaked_exit_fds(),
+            None => log::warn!("exit_fds_kept reason=backend_still_shared"),
+        }
         Ok(())
     }
 }

@@ -195,3 +195,50 @@ fn memfd_truncated_under_the_daemon_is_survived() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("event=guest_memory_faults"), "{text}");
 }
+
+fn eventfds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .map(|p| p.to_string_lossy().contains("eventfd"))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[test]
+fn connections_do_not_leak_eventfds() {
+    let (_dir, mut d) = setup("hostile-fds", &["--num-queues", "2"]);
+    assert_serving(&mut d, "warm-up");
+    std::thread::sleep(Duration::from_millis(100));
+    let base = eventfds(d.child.id());
+    for i in 0..10 {
+        assert_serving(&mut d, &format!("good {i}"));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let good = eventfds(d.child.id());
+    assert!(good <= base, "eventfds: {base} before, {good} after 10 good connections");
+    for _ in 0..10 {
+        // Hostile: fds on messages that take none, two fds on a kick.
+        let mut r = raw::Raw::connect(&d.socket);
+        r.hello();
+        let (a, b) = (raw::eventfd(), raw::eventfd());
+        use std::os::fd::AsRawFd;
+        let _ = r.send(raw::GET_FEATURES, raw::V1, &[], &[a.as_raw_fd(), b.as_raw_fd()]);
+        drop(r);
+        let mut r = raw::Raw::connect(&d.socket);
+        r.hello();
+        let _ = r.acked(
+            raw::SET_VRING_KICK,
+            &0u64.to_le_bytes(),
+            &[a.as_raw_fd(), b.as_raw_fd()],
+        );
+        drop(r);
+    }
+    assert_serving(&mut d, "final");
+    std::thread::sleep(Duration::from_millis(200));
+    let after = eventfds(d.child.id());
+    assert!(after <= base, "eventfds: {base} before, {after} after 30 connections");
+}

@@ -22,6 +22,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::counters::PairCounters;
+use crate::exit_fds::LeakedExitFds;
 use crate::pair::{EpollRefs, NetVring, PairCtx, PairEpoll, QueuePair, Wake};
 use crate::tap::{TapError, TapQueue};
 use crate::tx::Negotiated;
@@ -60,9 +61,16 @@ pub struct NetBackend {
     acked: AtomicU64,
     mem: RwLock<GuestMemoryAtomic<GuestMemoryMmap>>,
     epolls: RwLock<EpollRefs>,
+    exit_fds: LeakedExitFds,
 }
 
 impl NetBackend {
+    /// Close the exit-event fds vhost-user-backend leaks (see
+    /// [`crate::exit_fds`]); call with the backend exclusively owned.
+    pub fn close_leaked_exit_fds(&mut self) {
+        self.exit_fds.close_all();
+    }
+
     /// Builds the backend over the persistent TAP queues, resetting their
     /// offloads (a new frontend renegotiates) and attaching only queue 0.
     pub fn new(
@@ -109,6 +117,7 @@ impl NetBackend {
             acked: AtomicU64::new(0),
             mem: RwLock::new(mem),
             epolls: RwLock::new(Vec::new()),
+            exit_fds: LeakedExitFds::default(),
         })
     }
 
@@ -216,7 +225,12 @@ impl VhostUserBackend for NetBackend {
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         // A fresh pair per worker of this (fresh) daemon: a reused,
         // already-signalled one would stop the new workers at once.
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+        let pair = new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok();
+        if let Some((consumer, _)) = &pair {
+            self.exit_fds
+                .note(std::os::fd::AsRawFd::as_raw_fd(consumer));
+        }
+        pair
     }
 
     fn handle_event(

@@ -278,6 +278,11 @@ pub fn run_with(
         for t in relay {
             let _ = t.join();
         }
+        let mut backend = backend;
+        match Arc::get_mut(&mut backend) {
+            Some(b) => b.close_leaked_exit_fds(),
+            None => warn!("event=exit_fds_kept reason=backend_still_shared"),
+        }
         let faults = crate::memguard::faults();
         if faults > 0 {
             warn!("event=guest_memory_faults total={faults}");

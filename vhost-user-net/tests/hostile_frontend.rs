@@ -130,3 +130,38 @@ fn descriptors_rewritten_while_the_daemon_reads_them() {
     while wire.recv_test_frame(Duration::from_millis(50)).is_some() {}
     assert_serving(&d, &wire, 0x41, "descriptor flipping");
 }
+
+fn eventfds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .map(|p| p.to_string_lossy().contains("eventfd"))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[test]
+fn reconnects_do_not_leak_eventfds() {
+    enter_private_netns();
+    let d = Daemon::start("vuh-fds0", 1);
+    let wire = PacketSocket::open(&d.tap, false);
+    assert_serving(&d, &wire, 0x50, "warm-up");
+    std::thread::sleep(Duration::from_millis(100));
+    let base = eventfds();
+    for i in 0..20u8 {
+        assert_serving(&d, &wire, 0x51 + i, "reconnect");
+    }
+    // Teardown of the last connection runs after its frontend left.
+    let deadline = std::time::Instant::now() + T;
+    while eventfds() > base && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        eventfds() <= base,
+        "{base} eventfds before, {} after",
+        eventfds()
+    );
+}

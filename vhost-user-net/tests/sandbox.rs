@@ -1,0 +1,63 @@
+//! The sandbox is really on in the running daemon binary: its /proc status
+//! shows seccomp filter mode with both filters once it listens, and the
+//! relay's private directory is removed on exit despite Landlock.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::enter_private_netns;
+
+fn seccomp_status(pid: u32) -> (String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    (field("Seccomp:"), field("Seccomp_filters:"))
+}
+
+#[test]
+fn daemon_binary_runs_under_seccomp_and_cleans_up() {
+    enter_private_netns();
+    let sock = std::env::temp_dir().join(format!("vun-sandbox-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vhost-user-net"))
+        .arg("--socket-path")
+        .arg(&sock)
+        .args(["--tap", "vsb0", "--log-level", "debug"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let relay_dir = || {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("viaduct-vun-{pid}-"))
+            })
+    };
+    // Filters go on after the socket is bound; wait for both.
+    while !(sock.exists() && seccomp_status(pid).0 == "2") {
+        assert!(Instant::now() < deadline, "daemon never got sandboxed");
+        assert!(child.try_wait().unwrap().is_none(), "daemon exited");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(seccomp_status(pid).1, "2");
+    assert!(relay_dir(), "relay socket directory missing");
+    // SAFETY: SIGTERM to our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!relay_dir(), "relay socket directory left behind");
+    let _ = std::fs::remove_file(&sock);
+}
