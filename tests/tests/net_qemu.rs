@@ -331,6 +331,13 @@ result frag_delta=$(( $(frags) - before ))
         d.log_text()
     );
     expect(&run, "frag_delta", "0", &d);
+    // QEMU negotiated NET_MTU and the daemon accepted its host_mtu.
+    assert!(
+        d.log_text()
+            .contains("event=set_mtu mtu=9000 tap_mtu=9000 result=ok"),
+        "no SET_MTU exchange in the daemon log:\n{}",
+        d.log_text()
+    );
     let out = env
         .ns
         .command("cat")

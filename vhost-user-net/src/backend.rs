@@ -180,9 +180,9 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        // NET_MTU is deliberately absent: vhost 0.18 cannot parse
-        // VHOST_USER_NET_SET_MTU, and a frontend that sent it would lose the
-        // connection. The MTU still reaches the guest via config space.
+        // NET_MTU is not listed here because vhost 0.18 cannot parse
+        // VHOST_USER_NET_SET_MTU: the relay in front of the backend
+        // (filter.rs) offers it and answers SET_MTU itself.
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS

@@ -5,7 +5,15 @@
 //!
 //! The relay swallows such early enables (acking them if asked: rings start
 //! disabled anyway) and replays the last early *enable=1* per ring right
-//! after `SET_FEATURES`. Everything else, fds included, passes unchanged.
+//! after `SET_FEATURES`.
+//!
+//! It also implements the NET_MTU protocol feature, which vhost 0.18 cannot
+//! parse: it adds the feature to the backend's GET_PROTOCOL_FEATURES reply,
+//! strips it from SET_PROTOCOL_FEATURES on the way in, and answers
+//! `VHOST_USER_NET_SET_MTU` itself: valid (0) when the frontend's MTU is at
+//! most the TAP's (`--mtu`), invalid (1) otherwise, so a frontend whose
+//! `host_mtu` the TAP cannot carry fails at start-up instead of dropping
+//! frames. Everything else, fds included, passes unchanged.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -15,7 +23,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use log::debug;
+use log::{debug, info, warn};
 use thiserror::Error;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -25,6 +33,13 @@ const MAX_PAYLOAD: usize = 64 * 1024;
 const MAX_FDS: usize = 32;
 
 const REQ_SET_FEATURES: u32 = 2;
+const REQ_GET_PROTOCOL_FEATURES: u32 = 15;
+const REQ_SET_PROTOCOL_FEATURES: u32 = 16;
+const REQ_NET_SET_MTU: u32 = 20;
+/// VHOST_USER_PROTOCOL_F_NET_MTU.
+const PROTOCOL_F_NET_MTU: u64 = 1 << 4;
+/// Smallest MTU a frontend may ask for (IPv4's minimum).
+const MIN_MTU: u64 = 68;
 const REQ_RESET_OWNER: u32 = 4;
 const REQ_SET_VRING_ENABLE: u32 = 18;
 const REQ_RESET_DEVICE: u32 = 34;
@@ -117,14 +132,30 @@ fn write_msg(s: &UnixStream, m: &Msg) -> Result<(), FilterError> {
 }
 
 fn ack(request: u32) -> Msg {
+    reply_u64(request, 0)
+}
+
+fn reply_u64(request: u32, value: u64) -> Msg {
     let mut hdr = [0u8; HDR_LEN];
     hdr[0..4].copy_from_slice(&request.to_le_bytes());
     hdr[4..8].copy_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_le_bytes());
     hdr[8..12].copy_from_slice(&8u32.to_le_bytes());
     Msg {
         hdr,
-        payload: 0u64.to_le_bytes().to_vec(),
+        payload: value.to_le_bytes().to_vec(),
         fds: Vec::new(),
+    }
+}
+
+fn payload_u64(m: &Msg) -> Option<u64> {
+    let b: [u8; 8] = m.payload.get(..8)?.try_into().ok()?;
+    (m.payload.len() == 8).then_some(u64::from_le_bytes(b))
+}
+
+fn with_payload_u64(m: Msg, value: u64) -> Msg {
+    Msg {
+        payload: value.to_le_bytes().to_vec(),
+        ..m
     }
 }
 
@@ -147,8 +178,10 @@ fn frontend_to_backend(
     front: &UnixStream,
     back: &UnixStream,
     front_writer: &Mutex<()>,
+    tap_mtu: u16,
 ) -> Result<(), FilterError> {
     let mut features_set = false;
+    let mut mtu_negotiated = false;
     let mut early_enables: BTreeMap<u32, u32> = BTreeMap::new();
     while let Some(m) = read_msg(front, true)? {
         match m.request() {
@@ -175,6 +208,27 @@ fn frontend_to_backend(
                 }
                 continue;
             }
+            REQ_SET_PROTOCOL_FEATURES => {
+                if let Some(features) = payload_u64(&m) {
+                    mtu_negotiated = features & PROTOCOL_F_NET_MTU != 0;
+                    write_msg(back, &with_payload_u64(m, features & !PROTOCOL_F_NET_MTU))?;
+                    continue;
+                }
+            }
+            REQ_NET_SET_MTU if mtu_negotiated => {
+                let mtu = payload_u64(&m).unwrap_or(0);
+                let valid = (MIN_MTU..=u64::from(tap_mtu)).contains(&mtu);
+                if valid {
+                    info!("event=set_mtu mtu={mtu} tap_mtu={tap_mtu} result=ok");
+                } else {
+                    warn!("event=set_mtu mtu={mtu} tap_mtu={tap_mtu} result=refused");
+                }
+                if m.flags() & FLAG_NEED_REPLY != 0 {
+                    let _guard = front_writer.lock();
+                    write_msg(front, &reply_u64(REQ_NET_SET_MTU, u64::from(!valid)))?;
+                }
+                continue;
+            }
             REQ_RESET_OWNER | REQ_RESET_DEVICE => features_set = false,
             _ => {}
         }
@@ -190,7 +244,12 @@ fn backend_to_frontend(
     front: &UnixStream,
     front_writer: &Mutex<()>,
 ) -> Result<(), FilterError> {
-    while let Some(m) = read_msg(back, false)? {
+    while let Some(mut m) = read_msg(back, false)? {
+        if m.request() == REQ_GET_PROTOCOL_FEATURES
+            && let Some(features) = payload_u64(&m)
+        {
+            m = with_payload_u64(m, features | PROTOCOL_F_NET_MTU);
+        }
         let _guard = front_writer.lock();
         write_msg(front, &m)?;
     }
@@ -198,8 +257,13 @@ fn backend_to_frontend(
 }
 
 /// Relays between `front` (the frontend) and `back` (the daemon's end)
-/// until either side closes; then shuts both down.
-pub fn spawn_relay(front: UnixStream, back: UnixStream) -> io::Result<Vec<JoinHandle<()>>> {
+/// until either side closes; then shuts both down. `tap_mtu` is the largest
+/// MTU a frontend may set with `VHOST_USER_NET_SET_MTU`.
+pub fn spawn_relay(
+    front: UnixStream,
+    back: UnixStream,
+    tap_mtu: u16,
+) -> io::Result<Vec<JoinHandle<()>>> {
     let front = Arc::new(front);
     let back = Arc::new(back);
     let lock = Arc::new(Mutex::new(()));
@@ -211,7 +275,7 @@ pub fn spawn_relay(front: UnixStream, back: UnixStream) -> io::Result<Vec<JoinHa
     let t1 = std::thread::Builder::new()
         .name("vu-relay-in".into())
         .spawn(move || {
-            if let Err(e) = frontend_to_backend(&f1, &b1, &l1) {
+            if let Err(e) = frontend_to_backend(&f1, &b1, &l1, tap_mtu) {
                 debug!("event=relay_end dir=frontend_to_backend err={e}");
             }
             down(&f1, &b1);
@@ -261,7 +325,7 @@ mod tests {
         let (relay_back, mut be) = UnixStream::pair().unwrap();
         be.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         fe.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let threads = spawn_relay(relay_front, relay_back).unwrap();
+        let threads = spawn_relay(relay_front, relay_back, 1500).unwrap();
 
         // Early enables: ring 0 on (with NEED_REPLY), ring 2 off.
         fe.write_all(&raw(
@@ -317,12 +381,81 @@ mod tests {
         let (mut fe, relay_front) = UnixStream::pair().unwrap();
         let (relay_back, mut be) = UnixStream::pair().unwrap();
         be.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let threads = spawn_relay(relay_front, relay_back).unwrap();
+        let threads = spawn_relay(relay_front, relay_back, 1500).unwrap();
         let mut hdr = raw(REQ_SET_FEATURES, FLAG_VERSION, &[]);
         hdr[8..12].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
         fe.write_all(&hdr).unwrap();
         let mut rest = Vec::new();
         assert_eq!(be.read_to_end(&mut rest).unwrap(), 0, "nothing forwarded");
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn net_mtu_is_offered_stripped_and_answered_by_the_relay() {
+        let (mut fe, relay_front) = UnixStream::pair().unwrap();
+        let (relay_back, mut be) = UnixStream::pair().unwrap();
+        be.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        fe.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let threads = spawn_relay(relay_front, relay_back, 9000).unwrap();
+
+        // The backend's protocol features gain NET_MTU on the way out.
+        let offered = 0x0000_0000_0000_8223u64;
+        be.write_all(&raw(
+            REQ_GET_PROTOCOL_FEATURES,
+            FLAG_VERSION | FLAG_REPLY,
+            &offered.to_le_bytes(),
+        ))
+        .unwrap();
+        assert_eq!(
+            read_exactly(&mut fe, HDR_LEN + 8),
+            raw(
+                REQ_GET_PROTOCOL_FEATURES,
+                FLAG_VERSION | FLAG_REPLY,
+                &(offered | PROTOCOL_F_NET_MTU).to_le_bytes()
+            )
+        );
+        // ...and lose it on the way in: the backend never sees what it
+        // did not offer.
+        let acked = 0x23 | PROTOCOL_F_NET_MTU;
+        fe.write_all(&raw(
+            REQ_SET_PROTOCOL_FEATURES,
+            FLAG_VERSION,
+            &acked.to_le_bytes(),
+        ))
+        .unwrap();
+        assert_eq!(
+            read_exactly(&mut be, HDR_LEN + 8),
+            raw(
+                REQ_SET_PROTOCOL_FEATURES,
+                FLAG_VERSION,
+                &0x23u64.to_le_bytes()
+            )
+        );
+        // SET_MTU: valid up to the TAP's MTU, refused above it or below 68.
+        for (mtu, want) in [(9000u64, 0u64), (1500, 0), (9001, 1), (67, 1)] {
+            fe.write_all(&raw(
+                REQ_NET_SET_MTU,
+                FLAG_VERSION | FLAG_NEED_REPLY,
+                &mtu.to_le_bytes(),
+            ))
+            .unwrap();
+            assert_eq!(
+                read_exactly(&mut fe, HDR_LEN + 8),
+                raw(
+                    REQ_NET_SET_MTU,
+                    FLAG_VERSION | FLAG_REPLY,
+                    &want.to_le_bytes()
+                ),
+                "mtu {mtu}"
+            );
+        }
+        // Nothing of it reached the backend: the next message it sees is this.
+        let features = raw(REQ_SET_FEATURES, FLAG_VERSION, &(1u64 << 32).to_le_bytes());
+        fe.write_all(&features).unwrap();
+        assert_eq!(read_exactly(&mut be, features.len()), features);
+        drop(fe);
         for t in threads {
             t.join().unwrap();
         }

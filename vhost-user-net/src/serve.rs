@@ -256,7 +256,8 @@ pub fn run_with(
             .start_client(&private_path)
             .map_err(|e| ServeError::Daemon(e.to_string()))?;
         let back = private.accept_own()?;
-        let relay = filter::spawn_relay(front, back).map_err(ServeError::Event)?;
+        let relay =
+            filter::spawn_relay(front, back, device.params.mtu).map_err(ServeError::Event)?;
         info!("event=frontend_connected conn={conn}");
         if let Ok(mut cur) = stop.current.lock() {
             *cur = daemon.shutdown_handle();
