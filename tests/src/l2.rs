@@ -28,14 +28,34 @@ pub enum L2Format {
     BzImage,
     /// The uncompressed vmlinux through its PVH entry.
     Pvh,
+    /// The bzImage booted `acpi=off`: CPUs from the MP table, power-off
+    /// falls back to a halt that viaduct notices on the console.
+    BzImageAcpiOff,
 }
 
 impl L2Format {
-    /// Result-key prefix and file name inside L1.
+    /// Result-key prefix.
     pub fn tag(self) -> &'static str {
         match self {
             L2Format::BzImage => "bz",
             L2Format::Pvh => "pvh",
+            L2Format::BzImageAcpiOff => "noacpi",
+        }
+    }
+
+    /// The kernel's file name inside L1.
+    fn kernel_file(self) -> &'static str {
+        match self {
+            L2Format::BzImage | L2Format::BzImageAcpiOff => "bz",
+            L2Format::Pvh => "pvh",
+        }
+    }
+
+    /// Kernel parameters beyond the common ones.
+    fn extra_cmdline(self) -> &'static str {
+        match self {
+            L2Format::BzImageAcpiOff => " acpi=off",
+            _ => "",
         }
     }
 }
@@ -170,10 +190,11 @@ pub fn l1_script(formats: &[L2Format], cpus: u32, memory: &str) -> String {
     let mut s = String::from(". /etc/viaduct/lib.sh\n");
     for f in formats {
         let t = f.tag();
+        let (k, extra) = (f.kernel_file(), f.extra_cmdline());
         s.push_str(&format!(
             r#"a=$(cut -d' ' -f1 /proc/uptime)
-RUST_LOG=info {L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/{t} --initramfs {L1_GUEST_DIR}/l2.cpio \
-  --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG={t}' --cpus {cpus} --memory {memory} </dev/null
+RUST_LOG=info {L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/{k} --initramfs {L1_GUEST_DIR}/l2.cpio \
+  --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG={t}{extra}' --cpus {cpus} --memory {memory} </dev/null
 result {t}_exit=$?
 b=$(cut -d' ' -f1 /proc/uptime)
 result {t}_vmm_secs=$(echo "$a $b" | awk '{{printf "%.2f", $2-$1}}')
@@ -221,10 +242,10 @@ pub fn boot_l2(
     img.host_file(&format!("{L1_GUEST_DIR}/l2.cpio"), &l2_path, 0o644)?;
     for f in formats {
         let src = match f {
-            L2Format::BzImage => &kernel.bzimage,
+            L2Format::BzImage | L2Format::BzImageAcpiOff => &kernel.bzimage,
             L2Format::Pvh => &kernel.vmlinux,
         };
-        img.host_file(&format!("{L1_GUEST_DIR}/{}", f.tag()), src, 0o644)?;
+        img.host_file(&format!("{L1_GUEST_DIR}/{}", f.kernel_file()), src, 0o644)?;
     }
     img.scenario(&l1_script(formats, 2, "256M"));
     let initrd = work.join("l1.cpio");
@@ -370,6 +391,9 @@ mod tests {
         assert!(s.contains("--kernel /opt/viaduct/guest/pvh "));
         assert!(s.contains("L2TAG=pvh' --cpus 2 --memory 256M"));
         assert!(s.contains("result bz_exit=$?"));
+        let s = l1_script(&[L2Format::BzImageAcpiOff], 1, "128M");
+        assert!(s.contains("--kernel /opt/viaduct/guest/bz "));
+        assert!(s.contains("L2TAG=noacpi acpi=off'"));
     }
 
     #[test]

@@ -40,10 +40,11 @@ fn viaduct_serves_l2_disks_from_qsd_and_our_daemon_and_a_nic_from_our_net_daemon
 }
 
 #[test]
-fn viaduct_boots_bzimage_and_pvh_with_two_cpus_in_test_host_b() {
+fn viaduct_boots_bzimage_pvh_and_acpi_off_with_two_cpus_in_test_host_b() {
     let _one = ONE_HOST.lock().unwrap_or_else(|e| e.into_inner());
     let (kernel, work) = kit("vmm-boot");
-    match boot_l2(&kernel, &work, &[L2Format::BzImage, L2Format::Pvh]) {
+    let formats = [L2Format::BzImage, L2Format::Pvh, L2Format::BzImageAcpiOff];
+    match boot_l2(&kernel, &work, &formats) {
         Ok(report) => {
             eprintln!(
                 "{} passed in {:.1}s",

@@ -13,7 +13,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 pub enum StopReason {
     /// The guest reset the machine (i8042 0xFE, triple fault, KVM reset event).
     Reset,
-    /// The guest powered off (KVM shutdown event, or the kernel's halt line).
+    /// The guest powered off (ACPI S5, a KVM shutdown event, or the
+    /// kernel's halt line when it runs without ACPI).
     PowerOff,
     /// The guest kernel panicked (its panic report ended on the console).
     Panic,
@@ -26,7 +27,7 @@ pub enum StopReason {
 pub struct ConsoleFlags {
     /// "reboot: Restarting system" was printed.
     pub restart_line: bool,
-    /// "reboot: ... System halted" / "reboot: Power down" was printed.
+    /// "reboot: ... System halted" was printed.
     pub halt_line: bool,
     /// "Kernel panic - not syncing" was printed.
     pub panic: bool,

@@ -25,6 +25,7 @@ use crate::boot::{self, BootEntry, BootSpec, layout};
 use crate::config::{MemoryConfig, SerialMode, VmConfig};
 use crate::cpu::regs;
 use crate::cpu::vcpu::{Vcpu, VcpuError};
+use crate::devices::acpi_pm::{self, AcpiPm};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::cmos::{self, Cmos};
 use crate::devices::console::ConsoleOutput;
@@ -135,7 +136,8 @@ impl Vm {
         })
     }
 
-    /// COM1 (IRQ 4 via irqfd), the i8042 reset line and the CMOS clock.
+    /// COM1 (IRQ 4 via irqfd), the i8042 reset line, the CMOS clock and the
+    /// ACPI power-management registers.
     pub fn add_platform_devices(
         &self,
         console: Option<Box<dyn Write + Send>>,
@@ -153,6 +155,8 @@ impl Vm {
         }
         self.pio
             .insert(Arc::new(Mutex::new(Cmos::default())), cmos::PORT, 2)?;
+        let pm = Arc::new(Mutex::new(AcpiPm::new(self.lifecycle.clone())));
+        self.pio.insert(pm, acpi_pm::BASE, acpi_pm::LEN)?;
         Ok(serial)
     }
 

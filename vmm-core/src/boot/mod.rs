@@ -2,6 +2,7 @@
 //! guest memory. Two formats: a bzImage (64-bit boot protocol) and an ELF
 //! vmlinux with a PVH note; which one is decided by the file's magic.
 
+pub mod acpi;
 pub mod bzimage;
 pub mod e820;
 pub mod layout;
@@ -149,6 +150,10 @@ pub fn load(ram: &GuestRam, spec: &BootSpec) -> Result<BootEntry, BootError> {
     let table = mptable::build(spec.cpus, mptable::MPTABLE_ADDR)?;
     mem.write_slice(&table, GuestAddress(mptable::MPTABLE_ADDR))
         .map_err(|e| BootError::Write("the MP table", e))?;
+    for (addr, bytes) in acpi::tables(acpi::RSDP_ADDR, spec.cpus) {
+        mem.write_slice(&bytes, GuestAddress(addr))
+            .map_err(|e| BootError::Write("ACPI tables", e))?;
+    }
     let map = e820::memory_map(&ram.ranges);
     let low_end = ram.low_ram_end();
 
@@ -158,7 +163,7 @@ pub fn load(ram: &GuestRam, spec: &BootSpec) -> Result<BootEntry, BootError> {
             .initramfs
             .map(|p| load_initrd(mem, p, low_end, layout::HIMEM_START))
             .transpose()?;
-        pvh::write_start_info(mem, initrd, &map)?;
+        pvh::write_start_info(mem, initrd, &map, acpi::RSDP_ADDR)?;
         Ok(BootEntry {
             rip: entry,
             mode: BootMode::Pvh32 {
@@ -177,7 +182,8 @@ pub fn load(ram: &GuestRam, spec: &BootSpec) -> Result<BootEntry, BootError> {
             .initramfs
             .map(|p| load_initrd(mem, p, limit, kernel_end))
             .transpose()?;
-        let params = bzimage::zero_page(&loaded, cmdline_len, initrd, &map)?;
+        let mut params = bzimage::zero_page(&loaded, cmdline_len, initrd, &map)?;
+        params.acpi_rsdp_addr = acpi::RSDP_ADDR;
         bzimage::write_zero_page(mem, &params)?;
         Ok(BootEntry {
             rip: loaded.entry,

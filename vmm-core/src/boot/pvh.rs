@@ -35,6 +35,7 @@ pub fn load(mem: &GuestMemory, kernel: &mut File) -> Result<u64, BootError> {
 pub fn start_info(
     initrd: Option<Initrd>,
     map: &[E820Entry],
+    rsdp: u64,
 ) -> (
     hvm_start_info,
     Vec<hvm_memmap_table_entry>,
@@ -66,6 +67,7 @@ pub fn start_info(
         memmap_entries: memmap.len() as u32,
         nr_modules: modules.len() as u32,
         modlist_paddr: if modules.is_empty() { 0 } else { PVH_MODLIST },
+        rsdp_paddr: rsdp,
         ..Default::default()
     };
     (info, memmap, modules)
@@ -76,8 +78,9 @@ pub fn write_start_info(
     mem: &GuestMemory,
     initrd: Option<Initrd>,
     map: &[E820Entry],
+    rsdp: u64,
 ) -> Result<(), BootError> {
-    let (info, memmap, modules) = start_info(initrd, map);
+    let (info, memmap, modules) = start_info(initrd, map, rsdp);
     let mut params = BootParams::new(&info, GuestAddress(PVH_INFO));
     params.set_sections(&memmap, GuestAddress(PVH_MEMMAP));
     if !modules.is_empty() {
@@ -101,6 +104,7 @@ mod tests {
                 size: 99,
             }),
             &map,
+            0xe0000,
         );
         assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
         assert_eq!(info.memmap_entries as usize, memmap.len());
@@ -108,11 +112,12 @@ mod tests {
         assert_eq!(info.modlist_paddr, PVH_MODLIST);
         assert_eq!(modules[0].size, 99);
         assert_eq!(info.cmdline_paddr, CMDLINE);
+        assert_eq!(info.rsdp_paddr, 0xe0000);
     }
 
     #[test]
     fn no_initrd_means_no_modules() {
-        let (info, _, modules) = start_info(None, &[]);
+        let (info, _, modules) = start_info(None, &[], 0);
         assert_eq!((info.nr_modules, info.modlist_paddr), (0, 0));
         assert!(modules.is_empty());
     }

@@ -1,7 +1,8 @@
 //! The serial console's output side: bytes go to the chosen sink, and a
-//! line watcher notices the kernel's power-off, reboot and panic lines so
-//! the VM can stop with the right status (no ACPI: a halted guest would
-//! otherwise sit in HLT forever).
+//! line watcher notices the kernel's reboot, halt and panic lines so the VM
+//! stops with the right status. Power-off normally arrives through ACPI
+//! S5; the halt line matters for guests booted `acpi=off`, which halt in
+//! HLT forever instead of powering off.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -21,9 +22,7 @@ pub enum Marker {
 pub fn classify(line: &str) -> Option<Marker> {
     if line.contains("reboot: Restarting system") {
         Some(Marker::Restart)
-    } else if line.contains("reboot: ")
-        && (line.contains("System halted") || line.contains("Power down"))
-    {
+    } else if line.contains("reboot: ") && line.contains("System halted") {
         Some(Marker::Halt)
     } else if line.contains("---[ end Kernel panic") {
         Some(Marker::PanicEnd)
@@ -109,7 +108,11 @@ mod tests {
             Some(Marker::Halt)
         );
         assert_eq!(classify("System halted"), None);
-        assert_eq!(classify("[ 1.0] reboot: Power down"), Some(Marker::Halt));
+        assert_eq!(
+            classify("[ 1.0] reboot: Power down"),
+            None,
+            "ACPI S5 follows"
+        );
         assert_eq!(
             classify("Kernel panic - not syncing: Attempted to kill init!"),
             Some(Marker::PanicStart)

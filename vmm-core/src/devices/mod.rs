@@ -1,6 +1,8 @@
 //! Platform devices on the port bus: the serial console, the i8042 reset
-//! line and the CMOS clock; and the bus they sit on.
+//! line, the CMOS clock, the ACPI power-management registers; and the bus
+//! they sit on.
 
+pub mod acpi_pm;
 pub mod bus;
 pub mod cmos;
 pub mod console;
