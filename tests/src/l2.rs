@@ -64,6 +64,9 @@ impl L2Format {
 /// disk: its size, the host's pattern read back, our own pattern written.
 pub const L2_SCENARIO: &str = r#"
 T=${L2TAG:-l2}
+if [ "$T" = panic ]; then
+  echo c > /proc/sysrq-trigger
+fi
 result ${T}_cpus=$(nproc) ${T}_online=$(cat /sys/devices/system/cpu/online)
 result ${T}_uptime=$(cut -d' ' -f1 /proc/uptime) ${T}_kernel=$(uname -r)
 result ${T}_banner=$(dmesg | grep -c 'Linux version')
@@ -377,6 +380,58 @@ pub fn boot_l2_with_disk(
         name: "viaduct gives L2 vhost-user disks (and a NIC) in test host B",
         elapsed: start.elapsed(),
         facts,
+    })
+}
+
+/// Boots test host B; inside it an L2 guest crashes its kernel (sysrq c).
+/// viaduct must end with status 1 and say why.
+pub fn boot_l2_panic(kernel: &GuestKernel, work: &Path) -> Result<Report, SelfTestError> {
+    let start = Instant::now();
+    let viaduct = project_binary("viaduct")?;
+    let l2_path = l2_initramfs(kernel, work)?;
+    let mut img = HostB::base_initramfs(kernel, &[("viaduct", &viaduct)])?;
+    img.host_file(&format!("{L1_GUEST_DIR}/l2.cpio"), &l2_path, 0o644)?;
+    img.host_file(&format!("{L1_GUEST_DIR}/bz"), &kernel.bzimage, 0o644)?;
+    img.scenario(&format!(
+        r#"{L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/bz --initramfs {L1_GUEST_DIR}/l2.cpio \
+  --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG=panic' --cpus 2 --memory 256M \
+  </dev/null 2>/tmp/viaduct.err
+result panic_exit=$?
+result panic_reason=$(tr ' ' '_' < /tmp/viaduct.err)
+"#
+    ));
+    let initrd = work.join("l1-panic.cpio");
+    img.write(&initrd)?;
+    let run = HostB::new(kernel).boot(
+        &initrd,
+        Duration::from_secs(300),
+        Some(work.join("l1-panic.console")),
+    )?;
+    if run.timed_out || !run.status.is_some_and(|s| s.success()) {
+        return Err(SelfTestError::Guest {
+            what: "test host B did not power off cleanly".into(),
+            detail: run.describe(),
+        });
+    }
+    let c = &run.console;
+    // The L2 panic is expected on this console; L1 itself must finish.
+    if !c.finished() {
+        return Err(SelfTestError::Check(format!(
+            "L1 did not finish\n{}",
+            c.tail(40)
+        )));
+    }
+    c.expect("panic_exit", "1")?;
+    c.expect("panic_reason", "viaduct:_guest_kernel_panicked")?;
+    if c.get("panic_cpus").is_ok() {
+        return Err(SelfTestError::Check("L2 went on after the crash".into()));
+    }
+    Ok(Report {
+        name: "viaduct reports an L2 kernel panic",
+        elapsed: start.elapsed(),
+        facts: vec![
+            "L2 crashed (sysrq c); viaduct exited 1 with `viaduct: guest kernel panicked`".into(),
+        ],
     })
 }
 

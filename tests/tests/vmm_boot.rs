@@ -5,7 +5,7 @@
 use guest_kit::cache::{Cache, Scratch};
 use std::sync::Mutex;
 
-use guest_kit::l2::{DiskBackend, L2Format, boot_l2, boot_l2_with_disk};
+use guest_kit::l2::{DiskBackend, L2Format, boot_l2, boot_l2_panic, boot_l2_with_disk};
 use guest_kit::provision;
 
 /// One emulated test host at a time: each takes a whole core under TCG.
@@ -56,5 +56,19 @@ fn viaduct_boots_bzimage_pvh_and_acpi_off_with_two_cpus_in_test_host_b() {
             }
         }
         Err(e) => panic!("viaduct L2 boot failed: {e}"),
+    }
+}
+
+#[test]
+fn viaduct_exits_1_when_the_l2_kernel_panics() {
+    let _one = ONE_HOST.lock().unwrap_or_else(|e| e.into_inner());
+    let (kernel, work) = kit("vmm-panic");
+    match boot_l2_panic(&kernel, &work) {
+        Ok(report) => eprintln!(
+            "{} passed in {:.1}s",
+            report.name,
+            report.elapsed.as_secs_f64()
+        ),
+        Err(e) => panic!("viaduct L2 panic scenario failed: {e}"),
     }
 }
