@@ -8,6 +8,7 @@ mod common;
 #[path = "hostile/raw.rs"]
 mod raw;
 
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -219,14 +220,21 @@ fn connections_do_not_leak_eventfds() {
     }
     std::thread::sleep(Duration::from_millis(200));
     let good = eventfds(d.child.id());
-    assert!(good <= base, "eventfds: {base} before, {good} after 10 good connections");
+    assert!(
+        good <= base,
+        "eventfds: {base} before, {good} after 10 good connections"
+    );
     for _ in 0..10 {
         // Hostile: fds on messages that take none, two fds on a kick.
         let mut r = raw::Raw::connect(&d.socket);
         r.hello();
         let (a, b) = (raw::eventfd(), raw::eventfd());
-        use std::os::fd::AsRawFd;
-        let _ = r.send(raw::GET_FEATURES, raw::V1, &[], &[a.as_raw_fd(), b.as_raw_fd()]);
+        let _ = r.send(
+            raw::GET_FEATURES,
+            raw::V1,
+            &[],
+            &[a.as_raw_fd(), b.as_raw_fd()],
+        );
         drop(r);
         let mut r = raw::Raw::connect(&d.socket);
         r.hello();
@@ -240,5 +248,8 @@ fn connections_do_not_leak_eventfds() {
     assert_serving(&mut d, "final");
     std::thread::sleep(Duration::from_millis(200));
     let after = eventfds(d.child.id());
-    assert!(after <= base, "eventfds: {base} before, {after} after 30 connections");
+    assert!(
+        after <= base,
+        "eventfds: {base} before, {after} after 30 connections"
+    );
 }
