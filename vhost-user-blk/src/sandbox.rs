@@ -86,7 +86,6 @@ const ALLOWED: &[i64] = &[
     libc::SYS_clock_nanosleep,
     libc::SYS_nanosleep,
     libc::SYS_getrandom,
-    libc::SYS_prctl,
     // fds, events, the vhost-user socket
     libc::SYS_read,
     libc::SYS_write,
@@ -153,6 +152,16 @@ pub fn filter(mismatch: SeccompAction) -> Result<BpfProgram, SandboxError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(SandboxError::Build)?;
     rules.insert(libc::SYS_ioctl, ioctl_rules);
+    // prctl(2) only to name threads (std does it from each new thread).
+    let set_name = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::PR_SET_NAME as u64,
+    )
+    .and_then(|c| SeccompRule::new(vec![c]))
+    .map_err(SandboxError::Build)?;
+    rules.insert(libc::SYS_prctl, vec![set_name]);
     let f = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
         .map_err(SandboxError::Build)?;
     BpfProgram::try_from(f).map_err(SandboxError::Build)
@@ -260,6 +269,12 @@ mod tests {
         let status = in_filtered_child(|| {
             // SAFETY: ioctl with a request not on the list (TCGETS on fd 0).
             unsafe { libc::ioctl(0, libc::TCGETS, std::ptr::null_mut::<u8>()) };
+            0
+        });
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+        let status = in_filtered_child(|| {
+            // SAFETY: prctl(PR_SET_DUMPABLE) is not PR_SET_NAME: refused.
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
             0
         });
         assert!(libc::WIFSIGNALED(status), "status {status:#x}");
