@@ -94,6 +94,10 @@ pub struct Args {
     /// off-list syscalls to the kernel log.
     #[arg(long, value_enum, default_value_t = SandboxMode::On)]
     pub sandbox: SandboxMode,
+    /// After start-up (and before the sandbox), drop root and run as this
+    /// user (its uid and primary gid, no supplementary groups).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
 }
 
 /// The capabilities JSON printed by `--print-capabilities`.

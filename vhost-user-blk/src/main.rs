@@ -14,6 +14,7 @@ use vhost_user_blk::config::{Config, Listen};
 use vhost_user_blk::counters::QueueCounters;
 use vhost_user_blk::disk::Disk;
 use vhost_user_blk::memguard;
+use vhost_user_blk::privileges;
 use vhost_user_blk::sandbox;
 use vhost_user_blk::serve::{self, Server, Shutdown};
 use vhost_user_blk::signals;
@@ -50,6 +51,7 @@ fn setup(args: Args) -> anyhow::Result<Server> {
     signals::block().context("signals")?;
     memguard::install_sigbus_handler().context("signals")?;
     let sandbox_mode = args.sandbox;
+    let user = args.user.clone();
     let config = Config::try_from(args)?;
     let disk = Disk::open(&config)?;
     let listener = serve::bind(&config.listen)?;
@@ -76,6 +78,15 @@ fn setup(args: Args) -> anyhow::Result<Server> {
             access: AccessFs::RemoveFile.into(),
         })
         .collect();
+    if let Some(user) = &user {
+        let ids = privileges::lookup(user)?;
+        privileges::drop_to(ids)?;
+        log::info!(
+            "event=privileges_dropped user={user} uid={} gid={}",
+            ids.uid,
+            ids.gid
+        );
+    }
     sandbox::enter(sandbox_mode, &exceptions).context("sandbox")?;
     signals::spawn(Arc::clone(&shutdown), Arc::clone(&counters))?;
     Ok(Server::new(config, disk, listener, counters, shutdown))

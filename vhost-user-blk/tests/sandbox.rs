@@ -46,3 +46,32 @@ fn sandbox_off_installs_no_filter() {
     assert_eq!(s.queues[0].request(VIRTIO_BLK_T_IN, 0, &[(0, 512)]).0, S_OK);
     assert_eq!(seccomp_status(d.child.id()).0, "0");
 }
+
+#[test]
+fn user_option_drops_root_and_still_serves() {
+    let dir = TempDir::new("sandbox-user");
+    raw_image(&dir.path("disk.img"), 1 << 20);
+    let d = Daemon::start(
+        &dir.path("sock"),
+        &dir.path("disk.img"),
+        &["--user", "nobody"],
+    );
+    let mut s = connect(&d.socket, 1, 64, !0);
+    let q = &mut s.queues[0];
+    q.fill(0, 512, 0x77);
+    assert_eq!(q.request(VIRTIO_BLK_T_OUT, 3, &[(0, 512)]).0, S_OK);
+    assert_eq!(q.request(VIRTIO_BLK_T_IN, 3, &[(1, 512)]).0, S_OK);
+    assert!(q.read_buf(1, 512).iter().all(|&b| b == 0x77));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let gid = status.lines().find(|l| l.starts_with("Gid:")).unwrap();
+    assert_eq!(
+        uid.split_whitespace().collect::<Vec<_>>()[1..],
+        ["65534"; 4]
+    );
+    assert_eq!(
+        gid.split_whitespace().collect::<Vec<_>>()[1..],
+        ["65534"; 4]
+    );
+    assert_eq!(seccomp_status(d.child.id()).0, "2");
+}

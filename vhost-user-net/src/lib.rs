@@ -14,6 +14,7 @@
 //! * [`checked_vring`]: refuses SET_VRING_NUM sizes that are not a power of two.
 //! * [`exit_fds`]: closes the exit eventfds vhost-user-backend 0.24 leaks.
 //! * [`memguard`]: refuse short memory files, survive truncated ones.
+//! * [`privileges`]: `--user`, dropping root after start-up.
 //! * [`sandbox`]: seccomp + Landlock after start-up.
 
 pub mod backend;
@@ -26,6 +27,7 @@ pub mod filter;
 pub mod iov;
 pub mod memguard;
 pub mod pair;
+pub mod privileges;
 pub mod relay_socket;
 pub mod ring_check;
 pub mod rx;

@@ -11,6 +11,7 @@ use vhost_user_net::cli::Args;
 use vhost_user_net::config::Config;
 use vhost_user_net::counters;
 use vhost_user_net::memguard;
+use vhost_user_net::privileges;
 use vhost_user_net::relay_socket::PrivateSocket;
 use vhost_user_net::sandbox::{self, FsException, SandboxMode};
 use vhost_user_net::serve::{self, Device, Stopper};
@@ -60,7 +61,7 @@ fn spawn_signal_thread(
     Ok(())
 }
 
-fn run(cfg: Config, sandbox_mode: SandboxMode) -> anyhow::Result<()> {
+fn run(cfg: Config, sandbox_mode: SandboxMode, user: Option<String>) -> anyhow::Result<()> {
     let set = block_signals();
     memguard::install_sigbus_handler().context("SIGBUS handler")?;
     let device = Device::open(&cfg).context("opening the tap")?;
@@ -81,6 +82,18 @@ fn run(cfg: Config, sandbox_mode: SandboxMode) -> anyhow::Result<()> {
             access: AccessFs::RemoveDir.into(),
         },
     ];
+    if let Some(user) = &user {
+        let ids = privileges::lookup(user)?;
+        private
+            .give_to(ids.uid, ids.gid)
+            .context("handing the relay socket to --user")?;
+        privileges::drop_to(ids)?;
+        log::info!(
+            "event=privileges_dropped user={user} uid={} gid={}",
+            ids.uid,
+            ids.gid
+        );
+    }
     sandbox::enter(sandbox_mode, &exceptions).context("sandbox")?;
     spawn_signal_thread(set, stop.clone(), device.counters.clone())?;
     log::info!("event=listening socket={:?}", cfg.socket);
@@ -96,6 +109,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let sandbox_mode = args.sandbox;
+    let user = args.user.clone();
     let cfg = match Config::try_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -107,7 +121,7 @@ fn main() -> ExitCode {
         .filter_level(cfg.log_level)
         .format_timestamp_millis()
         .init();
-    match run(cfg, sandbox_mode) {
+    match run(cfg, sandbox_mode, user) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vhost-user-net: {e:#}");

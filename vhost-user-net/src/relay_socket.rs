@@ -71,6 +71,13 @@ impl PrivateSocket {
         &self.path
     }
 
+    /// Hands the directory and socket to `uid`/`gid` (for `--user`), so
+    /// the daemon can still connect to it and remove it after dropping root.
+    pub fn give_to(&self, uid: u32, gid: u32) -> io::Result<()> {
+        std::os::unix::fs::chown(&self.dir, Some(uid), Some(gid))?;
+        std::os::unix::fs::chown(&self.path, Some(uid), Some(gid))
+    }
+
     /// The next connection made by this process; connections from any
     /// other process are closed.
     pub fn accept_own(&self) -> Result<UnixStream, RelaySocketError> {

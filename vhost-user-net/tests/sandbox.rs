@@ -21,15 +21,43 @@ fn seccomp_status(pid: u32) -> (String, String) {
     (field("Seccomp:"), field("Seccomp_filters:"))
 }
 
+/// GET_FEATURES over a raw connection: the relay and the backend answer.
+fn features(sock: &std::path::Path) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let hdr: Vec<u8> = [1u32, 1, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    s.write_all(&hdr).unwrap();
+    let mut reply = [0u8; 20];
+    s.read_exact(&mut reply).unwrap();
+    u64::from_le_bytes(reply[12..20].try_into().unwrap())
+}
+
+fn uid_of(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(2).unwrap().to_owned()
+}
+
 #[test]
 fn daemon_binary_runs_under_seccomp_and_cleans_up() {
+    run_sandboxed("vsb0", &[], "0");
+}
+
+#[test]
+fn user_option_drops_root_serves_and_cleans_up() {
+    run_sandboxed("vsb1", &["--user", "nobody"], "65534");
+}
+
+fn run_sandboxed(tap: &str, extra: &[&str], euid: &str) {
     enter_private_netns();
-    let sock = std::env::temp_dir().join(format!("vun-sandbox-{}.sock", std::process::id()));
+    let sock = std::env::temp_dir().join(format!("vun-sandbox-{}-{tap}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
     let mut child = Command::new(env!("CARGO_BIN_EXE_vhost-user-net"))
         .arg("--socket-path")
         .arg(&sock)
-        .args(["--tap", "vsb0", "--log-level", "debug"])
+        .args(["--tap", tap, "--log-level", "debug"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -53,7 +81,9 @@ fn daemon_binary_runs_under_seccomp_and_cleans_up() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(seccomp_status(pid).1, "2");
+    assert_eq!(uid_of(pid), euid);
     assert!(relay_dir(), "relay socket directory missing");
+    assert_ne!(features(&sock) & (1 << 32), 0, "VERSION_1 offered");
     // SAFETY: SIGTERM to our own child.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
     let status = child.wait().unwrap();
