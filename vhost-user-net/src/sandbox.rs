@@ -131,13 +131,17 @@ const ALLOWED: &[i64] = &[
 ];
 
 /// ioctls allowed (second argument): the TAP settings that follow the
-/// guest's features and ring enables, and FIONBIO/FIOCLEX on sockets.
+/// guest's features and ring enables, FIONBIO/FIOCLEX on sockets, and the
+/// read-only terminal queries the logger makes when stderr is a terminal
+/// (TCGETS, TIOCGWINSZ).
 const IOCTLS: &[u64] = &[
     TUNSETOFFLOAD,
     TUNSETVNETHDRSZ,
     TUNSETQUEUE,
     libc::FIONBIO,
     libc::FIOCLEX,
+    libc::TCGETS,
+    libc::TIOCGWINSZ,
 ];
 
 /// The seccomp program; `mismatch` is what happens to off-list syscalls.
@@ -285,11 +289,28 @@ mod tests {
         });
         assert!(libc::WIFSIGNALED(status), "status {status:#x}");
         let status = in_filtered_child(|| {
-            // SAFETY: ioctl with a request not on the list (TCGETS on fd 0).
-            unsafe { libc::ioctl(0, libc::TCGETS, std::ptr::null_mut::<u8>()) };
+            let byte = 0u8;
+            // SAFETY: TIOCSTI (push a byte into a terminal's input) is not on
+            // the list; the byte lives on this stack for the call.
+            unsafe { libc::ioctl(0, libc::TIOCSTI, &byte) };
             0
         });
         assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+        // Terminal queries are allowed: a daemon run in a terminal must not
+        // die when its logger asks whether stderr is one.
+        let status = in_filtered_child(|| {
+            let mut t = std::mem::MaybeUninit::<libc::termios>::uninit();
+            // SAFETY: TCGETS writes a termios into `t`, valid for the call.
+            unsafe { libc::ioctl(2, libc::TCGETS, t.as_mut_ptr()) };
+            let mut w = std::mem::MaybeUninit::<libc::winsize>::uninit();
+            // SAFETY: TIOCGWINSZ writes a winsize into `w`, valid for the call.
+            unsafe { libc::ioctl(2, libc::TIOCGWINSZ, w.as_mut_ptr()) };
+            0
+        });
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "status {status:#x}"
+        );
         let status = in_filtered_child(|| {
             // SAFETY: prctl(PR_SET_DUMPABLE) is not PR_SET_NAME: refused.
             unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
