@@ -8,16 +8,14 @@
 //! `engine` (io_uring or qcow2); `checked_vring` (refuses bad SET_VRING_NUM sizes); `exit_fds` (closes fds vhost-user-backend leaks); `memguard` (short or truncated guest memory files); `privileges` (`--user`); `sandbox` (seccomp + Landlock after start-up).
 
 pub mod backend;
-pub mod checked_vring;
 pub mod cli;
 pub mod config;
 pub mod counters;
 pub mod disk;
 pub mod engine;
 pub mod exit_fds;
-pub mod memguard;
-pub mod privileges;
 pub mod sandbox;
 pub mod serve;
 pub mod signals;
 pub mod worker;
+pub use virtio_devices::backend::{checked_vring, memguard, privileges};

@@ -18,16 +18,13 @@
 //! * [`sandbox`]: seccomp + Landlock after start-up.
 
 pub mod backend;
-pub mod checked_vring;
 pub mod cli;
 pub mod config;
 pub mod counters;
 pub mod exit_fds;
 pub mod filter;
 pub mod iov;
-pub mod memguard;
 pub mod pair;
-pub mod privileges;
 pub mod relay_socket;
 pub mod ring_check;
 pub mod rx;
@@ -35,3 +32,4 @@ pub mod sandbox;
 pub mod serve;
 pub mod tap;
 pub mod tx;
+pub use virtio_devices::backend::{checked_vring, memguard, privileges};

@@ -2,8 +2,12 @@
 //!
 //! Nothing here knows about sockets or KVM: a block request is parsed and
 //! validated, a net header is checked, from plain guest-memory buffers, so
-//! unit tests drive them with mock rings.
+//! unit tests drive them with mock rings. The `backend` feature adds what
+//! both vhost-user daemons need around vhost-user-backend and the guest
+//! memory a frontend shares (module `backend`).
 
+#[cfg(feature = "backend")]
+pub mod backend;
 pub mod block;
 pub mod net;
 pub mod pci;
