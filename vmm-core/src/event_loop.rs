@@ -1,5 +1,8 @@
 //! The VMM's own event loop (one epoll thread, the main one): host stdin
-//! into the serial console, and the stop event that ends the run.
+//! into the serial console, the control API socket and its connections,
+//! hang-ups of vhost-user backends (and retries until they come back),
+//! and the stop event that ends the run. Nothing on the data path comes
+//! here: kicks and interrupts go between KVM and the backends directly.
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -7,6 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use crate::api::routes::VmControl;
+use crate::api::server::ApiServer;
+use crate::backends::{Backends, RETRY_EVERY};
 use crate::devices::serial::SerialDevice;
 use crate::lifecycle::Lifecycle;
 
@@ -19,53 +25,94 @@ pub enum EventLoopError {
 
 const TOKEN_STOP: u64 = 0;
 const TOKEN_STDIN: u64 = 1;
+const TOKEN_API: u64 = 2;
+/// Backend sockets: `TOKEN_BACKENDS + device index`.
+pub const TOKEN_BACKENDS: u64 = 0x100;
+/// API connections: `TOKEN_CONNS + connection id`.
+const TOKEN_CONNS: u64 = 1 << 32;
 
-/// Serves events until the VM is asked to stop.
-pub fn run(
-    lifecycle: &Lifecycle,
-    serial: Option<Arc<Mutex<SerialDevice>>>,
-) -> Result<(), EventLoopError> {
-    let epoll = Epoll::new().map_err(EventLoopError::Epoll)?;
+/// What the loop serves besides the stop event.
+pub struct Sources<'a> {
+    pub serial: Option<Arc<Mutex<SerialDevice>>>,
+    pub api: Option<(ApiServer, &'a dyn VmControl)>,
+    pub backends: Backends,
+}
+
+fn add(epoll: &Epoll, fd: i32, token: u64) -> Result<(), EventLoopError> {
     epoll
         .ctl(
             ControlOperation::Add,
-            lifecycle.event().as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_STOP),
+            fd,
+            EpollEvent::new(EventSet::IN, token),
         )
-        .map_err(EventLoopError::Epoll)?;
+        .map_err(EventLoopError::Epoll)
+}
+
+/// Serves events until the VM is asked to stop.
+pub fn run(lifecycle: &Lifecycle, mut src: Sources) -> Result<(), EventLoopError> {
+    let epoll = Epoll::new().map_err(EventLoopError::Epoll)?;
+    add(&epoll, lifecycle.event().as_raw_fd(), TOKEN_STOP)?;
     let stdin = std::io::stdin();
     // stdin may be /dev/null or a regular file, which epoll refuses: no input then.
-    let mut have_stdin = serial.is_some()
-        && epoll
-            .ctl(
-                ControlOperation::Add,
-                stdin.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, TOKEN_STDIN),
-            )
-            .is_ok();
-    let mut events = vec![EpollEvent::default(); 4];
+    let mut have_stdin =
+        src.serial.is_some() && add(&epoll, stdin.as_raw_fd(), TOKEN_STDIN).is_ok();
+    if let Some((server, _)) = &src.api {
+        add(&epoll, server.listener_fd(), TOKEN_API)?;
+    }
+    src.backends.watch_all(&epoll);
+    let mut events = vec![EpollEvent::default(); 16];
     loop {
         if lifecycle.is_stopping() {
             return Ok(());
         }
-        let n = match epoll.wait(-1, &mut events) {
+        let timeout = if src.backends.any_lost() {
+            RETRY_EVERY.as_millis() as i32
+        } else {
+            -1
+        };
+        let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(EventLoopError::Epoll(e)),
         };
+        if n == 0 {
+            src.backends.retry(&epoll);
+            continue;
+        }
         for ev in &events[..n] {
-            match ev.data() {
+            let token = ev.data();
+            match token {
                 TOKEN_STOP => return Ok(()),
-                // EOF or error: stop watching stdin, keep the VM running.
-                TOKEN_STDIN if have_stdin && !forward_stdin(&mut stdin.lock(), serial.as_ref()) => {
-                    let _ = epoll.ctl(
-                        ControlOperation::Delete,
-                        stdin.as_raw_fd(),
-                        EpollEvent::default(),
-                    );
-                    have_stdin = false;
+                TOKEN_STDIN if have_stdin => {
+                    if !forward_stdin(&mut stdin.lock(), src.serial.as_ref()) {
+                        // EOF or error: stop watching stdin, keep the VM running.
+                        let _ = epoll.ctl(
+                            ControlOperation::Delete,
+                            stdin.as_raw_fd(),
+                            EpollEvent::default(),
+                        );
+                        have_stdin = false;
+                    }
                 }
-                _ => {}
+                TOKEN_API => {
+                    if let Some((server, _)) = src.api.as_mut() {
+                        for (id, fd) in server.accept() {
+                            if add(&epoll, fd, TOKEN_CONNS + id).is_err() {
+                                log::warn!("cannot watch API connection {id}");
+                            }
+                        }
+                    }
+                }
+                t if t >= TOKEN_CONNS => {
+                    if let Some((server, vm)) = src.api.as_mut() {
+                        server.serve(t - TOKEN_CONNS, *vm);
+                    }
+                }
+                t => {
+                    if let Some(i) = src.backends.index_of(t) {
+                        src.backends.hung_up(i, &epoll);
+                    }
+                }
             }
         }
     }
@@ -119,7 +166,12 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
             l2.request_stop(StopReason::PowerOff);
         });
-        run(&lc, None).unwrap();
+        let src = Sources {
+            serial: None,
+            api: None,
+            backends: Backends::new(Vec::new(), TOKEN_BACKENDS),
+        };
+        run(&lc, src).unwrap();
         t.join().unwrap();
         assert_eq!(lc.stop_reason(), Some(StopReason::PowerOff));
     }

@@ -18,6 +18,8 @@ pub enum StopReason {
     PowerOff,
     /// The guest kernel panicked (its panic report ended on the console).
     Panic,
+    /// The control API asked the VMM to end.
+    Shutdown,
     /// The VMM cannot go on.
     Fatal(String),
 }
@@ -57,6 +59,7 @@ pub fn outcome(reason: &StopReason, console: ConsoleFlags) -> Outcome {
         StopReason::Panic => fail("guest kernel panicked"),
         StopReason::Fatal(why) => fail(why),
         StopReason::PowerOff => ok("guest powered off"),
+        StopReason::Shutdown => ok("shut down through the API"),
         StopReason::Reset if console.restart_line || console.halt_line => {
             ok("guest rebooted (treated as exit)")
         }
@@ -144,6 +147,10 @@ mod tests {
         assert_eq!(outcome(&StopReason::Reset, restarted).code, 0);
         assert_eq!(
             outcome(&StopReason::PowerOff, ConsoleFlags::default()).code,
+            0
+        );
+        assert_eq!(
+            outcome(&StopReason::Shutdown, ConsoleFlags::default()).code,
             0
         );
     }

@@ -24,6 +24,19 @@ use vmm_core::config::{self, VmConfig};
 /// Pass a VF bound to vfio-pci through (see `viaduct sriov bind`), with its MAC
 /// set on the PF first:  --device vfio=0000:01:10.0,mac=02:00:00:00:00:01,vlan=100
 ///
+/// With both daemons (see their --help) and a control socket:
+///
+///   vhost-user-blk --socket-path /run/blk0.sock --blk-file disk.raw &
+///   vhost-user-net --socket-path /run/net0.sock --tap vtap0 --host-ip 192.168.100.1/24 &
+///   viaduct --kernel bzImage --initramfs initrd.cpio --cpus 2 \
+///           --disk socket=/run/blk0.sock --net socket=/run/net0.sock,mac=52:54:00:12:34:56 \
+///           --api-socket /run/vm0.api
+///   viaduct ctl --api-socket /run/vm0.api info     # also: pause, resume, shutdown
+///
+/// A daemon that dies can be started again on the same socket: viaduct
+/// reconnects and the guest's device goes on (requests in flight at the
+/// crash are lost until in-flight tracking lands).
+///
 ///   viaduct check-kvm      # open /dev/kvm, create a VM and a vCPU, list capabilities
 ///   viaduct sriov list     # SR-IOV PFs and VFs; see `viaduct sriov --help`
 #[derive(Parser, Debug)]
@@ -64,9 +77,24 @@ struct Cli {
     /// Serial console: stdio, file=PATH or off.
     #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio")]
     serial: String,
-    /// Control API socket (reserved; not served yet).
+    /// Serve the control API (HTTP/JSON) on this unix socket: GET /vm/info,
+    /// PUT /vm/pause, /vm/resume, /vm/shutdown. See `viaduct ctl --help`.
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+}
+
+/// What `viaduct ctl` asks a running VMM.
+#[derive(Subcommand, Debug, Clone, Copy)]
+enum CtlAction {
+    /// Print the VM's state, vCPUs, memory, devices (sockets, negotiated
+    /// features, reconnects) and exit counters as JSON.
+    Info,
+    /// Stop every vCPU (the guest's clock stops too).
+    Pause,
+    /// Let a paused VM run again.
+    Resume,
+    /// End the VMM (exit status 0) without waiting for the guest.
+    Shutdown,
 }
 
 #[derive(Subcommand, Debug)]
@@ -82,6 +110,17 @@ enum Command {
     ///          viaduct sriov bind --vf 0000:01:10.0
     #[command(subcommand, verbatim_doc_comment)]
     Sriov(vfio_passthrough::sriov::cli::SriovCommand),
+    /// Talk to a running viaduct through its --api-socket.
+    ///
+    /// Example: viaduct ctl --api-socket /run/vm0.api info
+    #[command(verbatim_doc_comment)]
+    Ctl {
+        /// The socket given to `viaduct --api-socket`.
+        #[arg(long, value_name = "PATH")]
+        api_socket: PathBuf,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
 }
 
 fn vm_config(cli: Cli) -> anyhow::Result<VmConfig> {
@@ -113,9 +152,6 @@ fn vm_config(cli: Cli) -> anyhow::Result<VmConfig> {
         api_socket: cli.api_socket,
     };
     cfg.validate()?;
-    if cfg.api_socket.is_some() {
-        log::warn!("--api-socket is accepted but not served yet");
-    }
     Ok(cfg)
 }
 
@@ -145,12 +181,38 @@ fn sriov(cmd: &vfio_passthrough::sriov::cli::SriovCommand) -> ExitCode {
     }
 }
 
+fn ctl(socket: &std::path::Path, action: CtlAction) -> ExitCode {
+    let (method, path) = match action {
+        CtlAction::Info => ("GET", "/vm/info"),
+        CtlAction::Pause => ("PUT", "/vm/pause"),
+        CtlAction::Resume => ("PUT", "/vm/resume"),
+        CtlAction::Shutdown => ("PUT", "/vm/shutdown"),
+    };
+    match vmm_core::api::client::call(socket, method, path) {
+        Ok((status, body)) if (200..300).contains(&status) => {
+            if !body.is_empty() {
+                println!("{body}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("viaduct ctl: {method} {path}: HTTP {status} {body}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("viaduct ctl: {:#}", anyhow::Error::from(e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::init();
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::CheckKvm) => return check_kvm(),
         Some(Command::Sriov(cmd)) => return sriov(cmd),
+        Some(Command::Ctl { api_socket, action }) => return ctl(api_socket, *action),
         None => {}
     }
     let cfg = match vm_config(cli) {

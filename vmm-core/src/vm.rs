@@ -21,17 +21,22 @@ use virtio_devices::transport::VirtioDevice;
 use virtio_devices::transport::virtio_pci::{VirtioPciDevice, VirtioPciError};
 use virtio_devices::vhost_user::{DeviceKind, GuestRegion, VhostUserDevice, VhostUserError};
 
+use crate::api::server::{ApiError, ApiServer};
+use crate::backends::Backends;
 use crate::boot::{self, BootEntry, BootSpec, layout};
 use crate::config::{MemoryConfig, SerialMode, VmConfig};
+use crate::control::{DeviceEntry, VmController};
+use crate::cpu::exit_stats::ExitCounters;
+use crate::cpu::pause::{self, PauseControl, PauseError};
 use crate::cpu::regs;
-use crate::cpu::vcpu::{Vcpu, VcpuError};
+use crate::cpu::vcpu::{Vcpu, VcpuError, VcpuShared};
 use crate::devices::acpi_pm::{self, AcpiPm};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::cmos::{self, Cmos};
 use crate::devices::console::ConsoleOutput;
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{COM1_BASE, COM1_GSI, COM1_LEN, SerialDevice};
-use crate::event_loop::{self, EventLoopError};
+use crate::event_loop::{self, EventLoopError, Sources, TOKEN_BACKENDS};
 use crate::lifecycle::{Lifecycle, Outcome};
 use crate::memory::{GuestRam, MemoryError};
 use crate::pci::host_bridge::HostBridge;
@@ -76,6 +81,10 @@ pub enum VmError {
     NoHostMapping(u64),
     #[error(transparent)]
     Vfio(#[from] crate::vfio::VfioError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Pause(#[from] PauseError),
 }
 
 /// A KVM VM with its RAM, buses and lifecycle.
@@ -88,6 +97,8 @@ pub struct Vm {
     pub lifecycle: Arc<Lifecycle>,
     /// `--device vfio=` functions, shut down after the guest.
     pub passthrough: crate::vfio::Passthrough,
+    pub exits: Arc<ExitCounters>,
+    pub pause: Arc<PauseControl>,
 }
 
 impl Vm {
@@ -133,6 +144,8 @@ impl Vm {
             mmio: Arc::new(Bus::new()),
             lifecycle: Arc::new(Lifecycle::new().map_err(VmError::EventFd)?),
             passthrough: Default::default(),
+            exits: Arc::new(ExitCounters::default()),
+            pause: Arc::new(PauseControl::default()),
         })
     }
 
@@ -167,6 +180,13 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VmError::KvmCall("GET_SUPPORTED_CPUID", e))?;
         regs::write_boot_tables(&self.ram.mem, boot.mode)?;
+        let shared = VcpuShared {
+            pio: self.pio.clone(),
+            mmio: self.mmio.clone(),
+            lifecycle: self.lifecycle.clone(),
+            exits: self.exits.clone(),
+            pause: self.pause.clone(),
+        };
         (0..count)
             .map(|id| {
                 let fd = self
@@ -174,16 +194,7 @@ impl Vm {
                     .create_vcpu(u64::from(id))
                     .map_err(|e| VmError::KvmCall("CREATE_VCPU", e))?;
                 let entry = (id == 0).then_some(boot);
-                Ok(Vcpu::new(
-                    id,
-                    count,
-                    fd,
-                    &cpuid,
-                    entry,
-                    self.pio.clone(),
-                    self.mmio.clone(),
-                    self.lifecycle.clone(),
-                )?)
+                Ok(Vcpu::new(id, count, fd, &cpuid, entry, shared.clone())?)
             })
             .collect()
     }
@@ -213,36 +224,46 @@ impl Vm {
     /// PCI bus 0 (ports 0xCF8-0xCFF) with the host bridge and one
     /// virtio-pci function per vhost-user disk and NIC, connected to
     /// their backends now, before any vCPU runs.
-    pub fn add_pci_devices(&self, cfg: &VmConfig) -> Result<(), VmError> {
+    pub fn add_pci_devices(&self, cfg: &VmConfig) -> Result<Vec<DeviceEntry>, VmError> {
         let routing = Arc::new(Mutex::new(GsiRouting::new(self.fd.clone())));
         let mut root = PciRoot::new(self.mmio.clone(), Some(self.fd.clone()));
         root.add(0, Arc::new(Mutex::new(HostBridge::default())))?;
         let mut bars = BarAllocator::new(layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE);
         let regions = self.guest_regions()?;
-        let mut devices: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
-        for d in &cfg.disks {
+        let mut devices: Vec<(String, String, Arc<Mutex<VhostUserDevice>>)> = Vec::new();
+        for (i, d) in cfg.disks.iter().enumerate() {
             let kind = DeviceKind::Block {
                 num_queues: d.num_queues,
             };
             let dev = VhostUserDevice::connect(&d.socket, kind, d.queue_size, regions.clone())
                 .map_err(|e| VmError::VhostUser(format!("disk {}", d.socket.display()), e))?;
-            devices.push((format!("disk {}", d.socket.display()), Box::new(dev)));
+            devices.push((
+                format!("disk{i}"),
+                format!("disk {}", d.socket.display()),
+                Arc::new(Mutex::new(dev)),
+            ));
         }
-        for n in &cfg.nets {
+        for (i, n) in cfg.nets.iter().enumerate() {
             let kind = DeviceKind::Net {
                 mac: n.mac,
                 queue_pairs: n.num_queue_pairs,
             };
             let dev = VhostUserDevice::connect(&n.socket, kind, n.queue_size, regions.clone())
                 .map_err(|e| VmError::VhostUser(format!("net {}", n.socket.display()), e))?;
-            devices.push((format!("net {}", n.socket.display()), Box::new(dev)));
+            devices.push((
+                format!("net{i}"),
+                format!("net {}", n.socket.display()),
+                Arc::new(Mutex::new(dev)),
+            ));
         }
         let first_vfio_slot =
             u8::try_from(devices.len() + 1).map_err(|_| PciRootError::Slot(u8::MAX))?;
-        for (i, (name, dev)) in devices.into_iter().enumerate() {
+        let mut entries = Vec::with_capacity(devices.len());
+        for (i, (id, name, dev)) in devices.into_iter().enumerate() {
             let slot = u8::try_from(i + 1).map_err(|_| PciRootError::Slot(u8::MAX))?;
             let routes = KvmMsiRoutes::new(self.fd.clone(), routing.clone(), dev.num_queues() + 1)?;
-            let mut pci = VirtioPciDevice::new(dev, Box::new(routes))?;
+            let transport: Box<dyn VirtioDevice> = Box::new(dev.clone());
+            let mut pci = VirtioPciDevice::new(transport, Box::new(routes))?;
             use virtio_devices::pci::PciDevice;
             for bar in pci.bars() {
                 let addr = bars.allocate(bar.size)?;
@@ -252,7 +273,16 @@ impl Vm {
                     bar.index
                 );
             }
-            root.add(slot, Arc::new(Mutex::new(pci)))?;
+            let notify_exits = pci.notify_exit_counter();
+            let pci = Arc::new(Mutex::new(pci));
+            root.add(slot, pci.clone())?;
+            entries.push(DeviceEntry {
+                id,
+                pci: format!("00:{slot:02x}.0"),
+                backend: dev,
+                transport: pci,
+                notify_exits,
+            });
         }
         self.passthrough.attach(
             self,
@@ -267,7 +297,7 @@ impl Vm {
             pci_root::CONFIG_PORT,
             pci_root::CONFIG_PORT_LEN,
         )?;
-        Ok(())
+        Ok(entries)
     }
 }
 
@@ -286,9 +316,12 @@ fn console_sink(mode: &SerialMode) -> Result<Option<Box<dyn Write + Send>>, VmEr
 /// Boots the configured guest and runs it to its end.
 pub fn run(cfg: &VmConfig) -> Result<Outcome, VmError> {
     let started = Instant::now();
+    // Before anything starts: a busy API socket is an operator error.
+    let api = cfg.api_socket.as_deref().map(ApiServer::bind).transpose()?;
+    pause::install_kick_handler()?;
     let vm = Vm::new(cfg.memory)?;
     let serial = vm.add_platform_devices(console_sink(&cfg.serial)?)?;
-    vm.add_pci_devices(cfg)?;
+    let devices = vm.add_pci_devices(cfg)?;
     let spec = BootSpec {
         kernel: &cfg.kernel,
         initramfs: cfg.initramfs.as_deref(),
@@ -298,18 +331,41 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, VmError> {
     let entry = boot::load(&vm.ram, &spec)?;
     log::info!("kernel entry {:#x} ({:?})", entry.rip, entry.mode);
     let vcpus = vm.create_vcpus(cfg.cpus, entry)?;
+    let backends = Backends::new(
+        devices
+            .iter()
+            .map(|d| (d.id.clone(), d.backend.clone()))
+            .collect(),
+        TOKEN_BACKENDS,
+    );
+    let control = VmController::new(
+        vm.fd.clone(),
+        vm.pause.clone(),
+        vm.exits.clone(),
+        vm.lifecycle.clone(),
+        devices,
+        cfg.vfio.iter().map(|d| d.bdf.to_string()).collect(),
+        cfg.cpus,
+        cfg.memory.size,
+    );
     let mut handles = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         handles.push(vcpu.spawn()?);
     }
-    let input = (cfg.serial == SerialMode::Stdio).then_some(serial);
-    let ended = event_loop::run(&vm.lifecycle, input);
+    vm.pause.adopt_threads(handles);
+    let sources = Sources {
+        serial: (cfg.serial == SerialMode::Stdio).then_some(serial),
+        api: api.map(|s| (s, &control as &dyn crate::api::routes::VmControl)),
+        backends,
+    };
+    let ended = event_loop::run(&vm.lifecycle, sources);
     vm.passthrough.shutdown();
     ended?;
     let outcome = vm.lifecycle.outcome().unwrap_or(Outcome {
         code: 1,
         message: "VM stopped without a reason".into(),
     });
+    log::info!("{}", control.exit_report());
     log::info!(
         "{} after {:.2}s; peak RSS {} KiB",
         outcome.message,

@@ -93,7 +93,12 @@ fn tiny_guest_talks_to_serial_and_ioeventfds_then_resets() {
         std::thread::sleep(Duration::from_secs(20));
         lc.request_stop(StopReason::Fatal("smoke guest timed out".into()));
     });
-    event_loop::run(&vm.lifecycle, None).unwrap();
+    let sources = event_loop::Sources {
+        serial: None,
+        api: None,
+        backends: vmm_core::backends::Backends::new(Vec::new(), event_loop::TOKEN_BACKENDS),
+    };
+    event_loop::run(&vm.lifecycle, sources).unwrap();
 
     assert_eq!(vm.lifecycle.stop_reason(), Some(StopReason::Reset));
     let out = String::from_utf8(console.0.lock().unwrap().clone()).unwrap();

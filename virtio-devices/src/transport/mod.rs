@@ -5,6 +5,8 @@
 pub mod common_cfg;
 pub mod virtio_pci;
 
+use std::sync::{Arc, Mutex};
+
 use vmm_sys_util::eventfd::EventFd;
 
 /// Why a device could not start (or restart) its queues.
@@ -49,4 +51,38 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, features: u64, queues: &[QueueConfig]) -> Result<(), ActivateError>;
     /// The driver reset the device: stop the queues.
     fn reset(&mut self);
+}
+
+/// A device the VMM also reaches outside the transport (its event loop
+/// reconnects backends, its API reports them): the transport locks it
+/// for each call.
+impl<T: VirtioDevice> VirtioDevice for Arc<Mutex<T>> {
+    fn device_type(&self) -> u32 {
+        lock(self).device_type()
+    }
+    fn num_queues(&self) -> u16 {
+        lock(self).num_queues()
+    }
+    fn queue_max_size(&self) -> u16 {
+        lock(self).queue_max_size()
+    }
+    fn features(&self) -> u64 {
+        lock(self).features()
+    }
+    fn read_config(&mut self, offset: u64, data: &mut [u8]) {
+        lock(self).read_config(offset, data)
+    }
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        lock(self).write_config(offset, data)
+    }
+    fn activate(&mut self, features: u64, queues: &[QueueConfig]) -> Result<(), ActivateError> {
+        lock(self).activate(features, queues)
+    }
+    fn reset(&mut self) {
+        lock(self).reset()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

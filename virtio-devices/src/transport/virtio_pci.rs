@@ -5,6 +5,9 @@
 //! go through [`MsiRoutes`]. DRIVER_OK activates the device, writing 0 to
 //! the status resets it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::pci::config::PciConfigError;
@@ -102,6 +105,8 @@ pub struct VirtioPciDevice {
     /// Call fd for queues without a vector: nobody listens to it.
     no_vector: EventFd,
     active: bool,
+    /// Doorbell writes that reached the VMM instead of an ioeventfd.
+    notify_exits: Arc<AtomicU64>,
 }
 
 impl VirtioPciDevice {
@@ -170,7 +175,19 @@ impl VirtioPciDevice {
             kicks,
             no_vector: EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::EventFd)?,
             active: false,
+            notify_exits: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Counts doorbell writes the VMM had to handle itself (zero when
+    /// every kick goes through a KVM ioeventfd, as it should).
+    pub fn notify_exit_counter(&self) -> Arc<AtomicU64> {
+        self.notify_exits.clone()
+    }
+
+    /// The driver's status byte (DRIVER_OK = 4 once it runs the device).
+    pub fn driver_status(&self) -> u8 {
+        self.common.status
     }
 
     fn update_route(&mut self, vector: u16) {
@@ -312,6 +329,7 @@ impl PciDevice for VirtioPciDevice {
             o if o < NOTIFY_OFFSET => self.device.write_config(o - DEVICE_CFG_OFFSET, data),
             o if o < MSIX_TABLE_OFFSET => {
                 // Only reached when the ioeventfd is not (yet) registered.
+                self.notify_exits.fetch_add(1, Ordering::Relaxed);
                 let q = (o - NOTIFY_OFFSET) / u64::from(NOTIFY_MULTIPLIER);
                 if let Some(k) = self.kicks.get(q as usize) {
                     let _ = k.write(1);
@@ -531,6 +549,7 @@ mod tests {
     fn notify_without_ioeventfd_still_kicks_and_config_reads_forward() {
         let (mut d, _) = device();
         w16(&mut d, NOTIFY_OFFSET + 4, 1);
+        assert_eq!(d.notify_exit_counter().load(Ordering::Relaxed), 1);
         assert_eq!(d.kicks[1].read().unwrap(), 1);
         let mut c = [0u8; 4];
         d.bar_read(BAR, DEVICE_CFG_OFFSET + 8, &mut c);

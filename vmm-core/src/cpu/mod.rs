@@ -2,5 +2,7 @@
 
 pub mod cpuid;
 pub mod exit;
+pub mod exit_stats;
+pub mod pause;
 pub mod regs;
 pub mod vcpu;

@@ -8,6 +8,8 @@ use kvm_bindings::CpuId;
 use kvm_ioctls::VcpuFd;
 
 use crate::boot::BootEntry;
+use crate::cpu::exit_stats::ExitCounters;
+use crate::cpu::pause::PauseControl;
 use crate::cpu::{cpuid, exit, regs};
 use crate::devices::bus::Bus;
 use crate::lifecycle::{Lifecycle, StopReason};
@@ -40,27 +42,32 @@ pub fn next_state(stop_requested: bool, exit_stop: Option<StopReason>) -> VcpuSt
     }
 }
 
+/// What every vCPU thread shares with the rest of the VMM.
+#[derive(Clone)]
+pub struct VcpuShared {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub exits: Arc<ExitCounters>,
+    pub pause: Arc<PauseControl>,
+}
+
 /// A configured vCPU, ready to run.
 pub struct Vcpu {
     pub id: u8,
     fd: VcpuFd,
-    pio: Arc<Bus>,
-    mmio: Arc<Bus>,
-    lifecycle: Arc<Lifecycle>,
+    shared: VcpuShared,
 }
 
 impl Vcpu {
     /// Configures vCPU `id` of `count`; the BSP (id 0) also gets the boot entry.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u8,
         count: u8,
         fd: VcpuFd,
         supported_cpuid: &CpuId,
         boot: Option<BootEntry>,
-        pio: Arc<Bus>,
-        mmio: Arc<Bus>,
-        lifecycle: Arc<Lifecycle>,
+        shared: VcpuShared,
     ) -> Result<Self, VcpuError> {
         let mut cpuid = supported_cpuid.clone();
         cpuid::patch(cpuid.as_mut_slice(), id, count);
@@ -71,28 +78,29 @@ impl Vcpu {
         if let Some(entry) = boot {
             regs::setup_boot_vcpu(&fd, entry).map_err(|e| VcpuError::Regs(id, e))?;
         }
-        Ok(Self {
-            id,
-            fd,
-            pio,
-            mmio,
-            lifecycle,
-        })
+        Ok(Self { id, fd, shared })
     }
 
     /// Runs until the VM stops; returns this vCPU's view of why.
     pub fn run(&mut self) -> StopReason {
+        let s = self.shared.clone();
         loop {
+            // Paused through the API: wait here, outside KVM_RUN.
+            s.pause.park_point();
             let stop = match self.fd.run() {
-                Ok(e) => exit::dispatch(e, &self.pio, &self.mmio),
+                Ok(e) => {
+                    s.exits.record(&e);
+                    exit::dispatch(e, &s.pio, &s.mmio)
+                }
+                // Kicked by a signal (a pause request) or asked to retry.
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
                 Err(e) => Some(StopReason::Fatal(format!(
                     "vCPU {}: KVM_RUN failed: {e}",
                     self.id
                 ))),
             };
-            if let VcpuState::Exiting(reason) = next_state(self.lifecycle.is_stopping(), stop) {
-                self.lifecycle.request_stop(reason.clone());
+            if let VcpuState::Exiting(reason) = next_state(s.lifecycle.is_stopping(), stop) {
+                s.lifecycle.request_stop(reason.clone());
                 return reason;
             }
         }
