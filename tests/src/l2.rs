@@ -103,6 +103,30 @@ if [ -e /sys/class/net/eth0 ]; then
   done
   result ${T}_ping=${n:-0}
 fi
+# With L2API=1 on the command line, L1 drives a choreography through
+# viaduct's API; "go" lines come from L1 through viaduct's serial input.
+if [ -n "$L2API" ]; then
+  if [ -e /sys/class/net/eth0 ]; then
+    yes VIADUCT-TCP-PATTERN | head -c 16777216 | nc 10.0.3.1 5000
+    result ${T}_tcp_md5=$(yes VIADUCT-TCP-PATTERN | head -c 16777216 | md5sum | cut -d' ' -f1)
+  fi
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  result ${T}_phase=idle
+  read -r go
+  # L1 killed the blk daemon and started it again meanwhile.
+  yes VIADUCT-AFTER-RESTART | head -c 1048576 > /tmp/q
+  dd if=/tmp/q of=/dev/vda bs=1M seek=32 conv=fsync 2>/dev/null && result ${T}_restart_write=ok || result ${T}_restart_write=failed
+  echo 3 > /proc/sys/vm/drop_caches
+  result ${T}_restart_md5=$(dd if=/dev/vda bs=1M skip=32 count=1 2>/dev/null | md5sum | cut -d' ' -f1) ${T}_restart_want=$(md5sum < /tmp/q | cut -d' ' -f1)
+  u0=$(cut -d' ' -f1 /proc/uptime)
+  result ${T}_phase=clock
+  read -r go
+  u1=$(cut -d' ' -f1 /proc/uptime)
+  result ${T}_pause_guest_secs=$(echo "$u0 $u1" | awk '{printf "%.2f", $2-$1}')
+  result ${T}_phase=done
+  # viaduct ctl shutdown ends the VM while L2 waits here.
+  read -r go
+fi
 "#;
 
 /// The MAC viaduct gives the L2 NIC (it overrides the backend's).
@@ -153,15 +177,24 @@ pub fn l1_disk_script(backends: &[DiskBackend]) -> String {
         let image = format!("/tmp/disk-{t}.raw");
         let sock = format!("/tmp/blk-{t}.sock");
         let serve = b.command(&image, &sock);
-        let (net_start, net_arg, net_stop) = match b {
+        let (net_start, net_stop) = match b {
             DiskBackend::Viaduct => (
                 format!(
                     "{L1_BIN_DIR}/vhost-user-net --socket-path /tmp/net.sock --tap vtap0 --host-ip 10.0.3.1/24 </dev/null >/tmp/net-daemon.log 2>&1 &\nN=$!\nfor i in $(seq 100); do [ -S /tmp/net.sock ] && break; sleep 0.1; done\n"
                 ),
-                format!(" --net socket=/tmp/net.sock,mac={L2_MAC}"),
                 "kill $N; wait $N 2>/dev/null\ntail -n 20 /tmp/net-daemon.log | sed 's/^/[net-daemon] /'\n".to_string(),
             ),
-            DiskBackend::QemuStorageDaemon => (String::new(), String::new(), String::new()),
+            DiskBackend::QemuStorageDaemon => (String::new(), String::new()),
+        };
+        let run_vmm = match b {
+            DiskBackend::Viaduct => api_choreography(t, &serve, &sock),
+            DiskBackend::QemuStorageDaemon => format!(
+                r#"RUST_LOG=info {L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/bz --initramfs {L1_GUEST_DIR}/l2.cpio \
+  --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG={t}' --cpus 2 --memory 256M \
+  --disk socket={sock},num_queues=2 </dev/null
+result {t}_exit=$?
+"#
+            ),
         };
         s.push_str(&format!(
             r#"truncate -s 64M {image}
@@ -174,10 +207,7 @@ D=$!
 for i in $(seq 100); do [ -S {sock} ] && break; sleep 0.1; done
 [ -S {sock} ] && result {t}_listening=1 || result {t}_listening=0
 {net_start}
-RUST_LOG=info {L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/bz --initramfs {L1_GUEST_DIR}/l2.cpio \
-  --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG={t}' --cpus 2 --memory 256M \
-  --disk socket={sock},num_queues=2{net_arg} </dev/null
-result {t}_exit=$?
+{run_vmm}
 {net_stop}
 kill $D; wait $D 2>/dev/null
 tail -n 20 /tmp/{t}-daemon.log | sed 's/^/[{t}-daemon] /'
@@ -186,6 +216,71 @@ result {t}_landed_md5=$(dd if={image} bs=1M skip=16 count=4 2>/dev/null | md5sum
         ));
     }
     s
+}
+
+/// How long L1 holds the VM paused.
+pub const PAUSE_SECS: u32 = 6;
+/// How long L1 samples exits of the idle guest.
+pub const IDLE_SECS: u32 = 5;
+
+/// The L1 side of the full-stack run (our daemons, viaduct with its API):
+/// the L2 console goes through `tee` so L1 can wait for L2's phases, and
+/// L1 answers each phase with a "go" line on viaduct's serial input.
+///
+/// 1. L2 sent 16 MiB over TCP and idles: L1 records `/vm/info`, kills
+///    the blk daemon (SIGKILL), starts it again and waits for viaduct to
+///    reconnect; L2 then writes and reads its disk again.
+/// 2. L2 noted its uptime: L1 pauses the VM for [`PAUSE_SECS`], checks
+///    the state is `paused`, resumes; L2 reports how much time it saw pass.
+/// 3. L2 idles: L1 counts exits for [`IDLE_SECS`], records `/vm/info`
+///    and ends the VMM with `viaduct ctl shutdown`.
+fn api_choreography(t: &str, serve: &str, sock: &str) -> String {
+    format!(
+        r#"wait_l2() {{ for i in $(seq 600); do grep -q "$1" /tmp/l2.out 2>/dev/null && return 0; sleep 0.5; done; result {t}_timeout="$1"; return 1; }}
+ctl() {{ {L1_BIN_DIR}/viaduct ctl --api-socket /tmp/vm.api "$@"; }}
+total_exits() {{ ctl info | grep -o '"total":[0-9]*' | cut -d: -f2; }}
+# busybox nc quits when its stdin ends: hold it open with a FIFO.
+mkfifo /tmp/hold; sleep 600 > /tmp/hold & HOLD=$!
+nc -l -p 5000 < /tmp/hold > /tmp/tcp.rx &
+NC=$!
+rm -f /tmp/l2in; mkfifo /tmp/l2in
+( RUST_LOG=info {L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/bz --initramfs {L1_GUEST_DIR}/l2.cpio   --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG={t} L2API=1' --cpus 2 --memory 256M   --disk socket={sock},num_queues=2 --net socket=/tmp/net.sock,mac={L2_MAC}   --api-socket /tmp/vm.api < /tmp/l2in; echo $? > /tmp/vexit ) | tee /tmp/l2.out &
+V=$!
+exec 3> /tmp/l2in
+if wait_l2 {t}_phase=idle; then
+  for i in $(seq 20); do kill -0 $NC 2>/dev/null || break; sleep 0.5; done
+  kill $NC $HOLD 2>/dev/null
+  result {t}_tcp_rx_md5=$(md5sum < /tmp/tcp.rx | cut -d' ' -f1) {t}_tcp_rx_bytes=$(wc -c < /tmp/tcp.rx)
+  result {t}_info_idle=$(ctl info)
+  kill -9 $D; wait $D 2>/dev/null
+  {serve} </dev/null >/tmp/{t}-daemon2.log 2>&1 &
+  D=$!
+  for i in $(seq 150); do ctl info | grep -q '"reconnects":1' && break; sleep 0.2; done
+  result {t}_info_reconnected=$(ctl info)
+  echo go >&3
+fi
+if wait_l2 {t}_phase=clock; then
+  ctl pause >/dev/null && result {t}_pause=ok
+  result {t}_paused_state=$(ctl info | grep -o '"state":"[a-z-]*"' | cut -d'"' -f4)
+  a=$(cut -d' ' -f1 /proc/uptime)
+  sleep {PAUSE_SECS}
+  ctl resume >/dev/null && result {t}_resume=ok
+  b=$(cut -d' ' -f1 /proc/uptime)
+  result {t}_pause_l1_secs=$(echo "$a $b" | awk '{{printf "%.2f", $2-$1}}')
+  echo go >&3
+fi
+if wait_l2 {t}_phase=done; then
+  e0=$(total_exits); sleep {IDLE_SECS}; e1=$(total_exits)
+  result {t}_idle_exits=$((e1 - e0))
+  result {t}_info_done=$(ctl info)
+  ctl shutdown >/dev/null && result {t}_shutdown=ok
+fi
+wait $V
+result {t}_exit=$(cat /tmp/vexit)
+exec 3>&-
+tail -n 20 /tmp/{t}-daemon2.log | sed 's/^/[{t}-daemon-restarted] /'
+"#
+    )
 }
 
 /// The L1 script that boots one L2 per format and reports viaduct's status.
@@ -329,7 +424,7 @@ pub fn boot_l2_with_disk(
     img.write(&initrd)?;
     let run = HostB::new(kernel).boot(
         &initrd,
-        Duration::from_secs(300),
+        Duration::from_secs(480),
         Some(work.join("l1-disk.console")),
     )?;
     if run.timed_out || !run.status.is_some_and(|s| s.success()) {
@@ -374,6 +469,7 @@ pub fn boot_l2_with_disk(
             facts.push(format!(
                 "L2 NIC from vhost-user-net has the MAC viaduct set ({L2_MAC}) and pinged L1's TAP ({replies} replies)"
             ));
+            facts.extend(check_api_choreography(c, t)?);
         }
     }
     Ok(Report {
@@ -381,6 +477,94 @@ pub fn boot_l2_with_disk(
         elapsed: start.elapsed(),
         facts,
     })
+}
+
+fn info_json(c: &Console, key: &str) -> Result<serde_json::Value, SelfTestError> {
+    let raw = c.get(key)?;
+    serde_json::from_str(&raw).map_err(|e| {
+        SelfTestError::Check(format!("{key} is not viaduct's /vm/info JSON ({e}): {raw}"))
+    })
+}
+
+fn device<'a>(
+    info: &'a serde_json::Value,
+    id: &str,
+) -> Result<&'a serde_json::Value, SelfTestError> {
+    info["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["id"] == id))
+        .ok_or_else(|| SelfTestError::Check(format!("/vm/info lists no {id}: {info}")))
+}
+
+fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), SelfTestError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(SelfTestError::Check(what()))
+    }
+}
+
+/// What [`api_choreography`] must have shown: TCP data intact, the disk
+/// working after its daemon was killed and restarted, pause holding the
+/// guest's clock, no doorbell exit in the VMM, and shutdown through the API.
+fn check_api_choreography(c: &Console, t: &str) -> Result<Vec<String>, SelfTestError> {
+    let k = |key: &str| format!("{t}_{key}");
+    c.expect(&k("tcp_rx_bytes"), &(16u64 << 20).to_string())?;
+    c.expect(&k("tcp_rx_md5"), &c.get(&k("tcp_md5"))?)?;
+    let idle = info_json(c, &k("info_idle"))?;
+    for (id, kind) in [("disk0", "block"), ("net0", "net")] {
+        let d = device(&idle, id)?;
+        check(
+            d["type"] == kind && d["connected"] == true && d["driver_ok"] == true,
+            || format!("{id} in /vm/info is not a connected, running {kind} device: {d}"),
+        )?;
+    }
+    let again = info_json(c, &k("info_reconnected"))?;
+    let disk = device(&again, "disk0")?;
+    check(disk["reconnects"] == 1 && disk["connected"] == true, || {
+        format!(
+            "viaduct did not reconnect to the restarted blk daemon: {disk}\n{}",
+            c.tail(60)
+        )
+    })?;
+    c.expect(&k("restart_write"), "ok")?;
+    c.expect(&k("restart_md5"), &c.get(&k("restart_want"))?)?;
+    c.expect(&k("pause"), "ok")?;
+    c.expect(&k("paused_state"), "paused")?;
+    c.expect(&k("resume"), "ok")?;
+    let guest: f64 = c.get(&k("pause_guest_secs"))?.parse().unwrap_or(f64::MAX);
+    let l1: f64 = c.get(&k("pause_l1_secs"))?.parse().unwrap_or(0.0);
+    // L2 waited on its console through the whole pause: with its clock
+    // running it would have seen at least PAUSE_SECS go by.
+    check(guest < f64::from(PAUSE_SECS), || {
+        format!("L2's clock ran on while paused: it saw {guest}s of a {l1}s pause")
+    })?;
+    let done = info_json(c, &k("info_done"))?;
+    let mut notify = Vec::new();
+    for id in ["disk0", "net0"] {
+        let n = device(&done, id)?["notify_exits"]
+            .as_u64()
+            .unwrap_or(u64::MAX);
+        check(n == 0, || {
+            format!("{id}: {n} doorbell writes reached the VMM instead of an ioeventfd")
+        })?;
+        notify.push(format!("{id}=0"));
+    }
+    let exits = &done["exits"];
+    let idle_exits: u64 = c.get(&k("idle_exits"))?.parse().unwrap_or(u64::MAX);
+    c.expect(&k("shutdown"), "ok")?;
+    c.expect(&k("exit"), "0")?;
+    Ok(vec![
+        "L2 sent 16 MiB over TCP to L1 through vhost-user-net, md5 intact".into(),
+        "the blk daemon was SIGKILLed while L2 idled and started again: viaduct reconnected (reconnects=1) and L2 wrote and read 1 MiB on the same disk".into(),
+        format!("PUT /vm/pause: state paused for {l1:.1}s of L1 time, L2 saw {guest:.2}s pass (its clock held); resume went on"),
+        format!(
+            "VMM exits over the whole run: total {} (pio {}, mmio {}, other {}); doorbell exits {}; idle guest: {:.1} exits/s",
+            exits["total"], exits["pio"], exits["mmio"], exits["other"], notify.join(" "),
+            idle_exits as f64 / f64::from(IDLE_SECS)
+        ),
+        "PUT /vm/shutdown ended viaduct with status 0".into(),
+    ])
 }
 
 /// Boots test host B; inside it an L2 guest crashes its kernel (sysrq c).
