@@ -74,6 +74,7 @@ if [ -b /dev/vda ]; then
   result ${T}_vda=1 ${T}_vda_bytes=$(blockdev --getsize64 /dev/vda)
   D=$(basename $(readlink -f /sys/block/vda/device))
   result ${T}_msix=$(grep -c "PCI-MSIX.*$D-" /proc/interrupts)
+  result ${T}_bar=$(grep -v '^0x0000000000000000' $(dirname $(readlink -f /sys/block/vda/device))/resource | head -1 | cut -d' ' -f1)
   result ${T}_host_md5=$(dd if=/dev/vda bs=1M skip=4 count=1 2>/dev/null | md5sum | cut -d' ' -f1)
   yes VIADUCT-GUEST-PATTERN | head -c 4194304 > /tmp/p
   result ${T}_wrote_md5=$(md5sum < /tmp/p | cut -d' ' -f1)
@@ -452,8 +453,13 @@ pub fn boot_l2_with_disk(
         c.expect(&k("mq"), "2")?;
         c.expect(&k("msix"), "3")?;
         c.expect(&k("rebind_md5"), &wrote)?;
+        let bar = c.get(&k("bar"))?;
+        let addr = u64::from_str_radix(bar.trim_start_matches("0x"), 16).unwrap_or(0);
+        check(addr >= 1 << 36, || {
+            format!("virtio-blk's BAR is at {bar}, not in the 64-bit window (64 GiB and up)")
+        })?;
         facts.push(format!(
-            "{b:?}: L2 saw /dev/vda (64 MiB, 2 queues, 3 MSI-X vectors), read the host's pattern, wrote 4 MiB that landed in the image, and read it again after a driver unbind/bind (device reset); L2 reached init {}s after kernel start",
+            "{b:?}: L2 saw /dev/vda (64 MiB, 2 queues, 3 MSI-X vectors), read the host's pattern, wrote 4 MiB that landed in the image, and read it again after a driver unbind/bind (device reset); BAR at {bar} (64-bit window); L2 reached init {}s after kernel start",
             c.get(&k("uptime"))?
         ));
         if *b == DiskBackend::Viaduct {

@@ -18,6 +18,10 @@ pub type GuestMemory = GuestMemoryMmap<()>;
 pub enum MemoryError {
     #[error("guest memory size {0} bytes is too small (need at least 64 MiB)")]
     TooSmall(u64),
+    #[error(
+        "guest memory size {0} bytes is too large (at most 63 GiB: the 64-bit PCI window starts at 64 GiB)"
+    )]
+    TooLarge(u64),
     #[error("guest memory size {0} bytes is not a multiple of the page size {1}")]
     Unaligned(u64, u64),
     #[error("memfd_create failed")]
@@ -75,6 +79,9 @@ impl GuestRam {
     pub fn new(size: u64, hugepages: bool) -> Result<Self, MemoryError> {
         if size < 64 * MIB {
             return Err(MemoryError::TooSmall(size));
+        }
+        if size > crate::boot::layout::MAX_RAM {
+            return Err(MemoryError::TooLarge(size));
         }
         let page = if hugepages { 2 * MIB } else { 4096 };
         if size % page != 0 {
@@ -169,6 +176,10 @@ mod tests {
         assert!(matches!(
             GuestRam::new(64 * MIB + 1, false),
             Err(MemoryError::Unaligned(..))
+        ));
+        assert!(matches!(
+            GuestRam::new(64 << 30, false),
+            Err(MemoryError::TooLarge(_))
         ));
     }
 }

@@ -228,7 +228,9 @@ impl Vm {
         let routing = Arc::new(Mutex::new(GsiRouting::new(self.fd.clone())));
         let mut root = PciRoot::new(self.mmio.clone(), Some(self.fd.clone()));
         root.add(0, Arc::new(Mutex::new(HostBridge::default())))?;
+        // Virtio BARs are 64-bit: above RAM. Passthrough BARs may be 32-bit only.
         let mut bars = BarAllocator::new(layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE);
+        let mut bars64 = BarAllocator::new(layout::PCI_MMIO64_START, layout::PCI_MMIO64_SIZE);
         let regions = self.guest_regions()?;
         let mut devices: Vec<(String, String, Arc<Mutex<VhostUserDevice>>)> = Vec::new();
         for (i, d) in cfg.disks.iter().enumerate() {
@@ -266,7 +268,7 @@ impl Vm {
             let mut pci = VirtioPciDevice::new(transport, Box::new(routes))?;
             use virtio_devices::pci::PciDevice;
             for bar in pci.bars() {
-                let addr = bars.allocate(bar.size)?;
+                let addr = bars64.allocate(bar.size)?;
                 pci.set_bar_addr(bar.index, addr);
                 log::info!(
                     "{name}: PCI 00:{slot:02x}.0, BAR {} at {addr:#x}",

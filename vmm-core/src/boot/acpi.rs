@@ -6,7 +6,9 @@
 //! as KVM wires them). The MP table stays for guests booted `acpi=off`.
 //! Hand-assembled bytes, checksummed; pure, so tests check the layout.
 
-use crate::boot::layout::{IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO32_SIZE, PCI_MMIO32_START};
+use crate::boot::layout::{
+    IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO32_SIZE, PCI_MMIO32_START, PCI_MMIO64_SIZE, PCI_MMIO64_START,
+};
 use crate::boot::mptable::ioapic_id;
 
 /// Where the tables go: the BIOS area Linux scans for the RSDP.
@@ -102,7 +104,8 @@ fn aml_name(name: &[u8; 4], value: &[u8]) -> Vec<u8> {
     v
 }
 
-/// `_CRS` of the host bridge: bus 0, ports 0xCF8-0xCFF, the 32-bit window.
+/// `_CRS` of the host bridge: bus 0, ports 0xCF8-0xCFF, the 32-bit and
+/// the 64-bit windows.
 fn host_bridge_crs() -> Vec<u8> {
     let mut r = Vec::new();
     // WordBusNumber: producer, min/max fixed, bus 0..0.
@@ -117,6 +120,12 @@ fn host_bridge_crs() -> Vec<u8> {
     let start = PCI_MMIO32_START as u32;
     let len = PCI_MMIO32_SIZE as u32;
     for v in [0u32, start, start + (len - 1), 0, len] {
+        r.extend_from_slice(&v.to_le_bytes());
+    }
+    // QWordMemory: the same, for the window above RAM.
+    r.extend_from_slice(&[0x8a, 43, 0, 0, 0x0c, 0x01]);
+    let (start, len) = (PCI_MMIO64_START, PCI_MMIO64_SIZE);
+    for v in [0u64, start, start + (len - 1), 0, len] {
         r.extend_from_slice(&v.to_le_bytes());
     }
     r.extend_from_slice(&[0x79, 0]); // end tag
@@ -337,6 +346,7 @@ mod tests {
         assert!(has(&[0x0c, 0x41, 0xd0, 0x0a, 0x03]), "PNP0A03");
         assert!(has(&[0x47, 0x01, 0xf8, 0x0c]), "config ports in _CRS");
         assert!(has(&(PCI_MMIO32_START as u32).to_le_bytes()));
+        assert!(has(&PCI_MMIO64_START.to_le_bytes()));
         assert!(has(&[0x0c, 0x41, 0xd0, 0x05, 0x01]), "PNP0501");
         assert!(has(&[0x22, 0x10, 0x00]), "COM1 on IRQ 4");
         assert!(has(&[0x0c, 0x41, 0xd0, 0x0b, 0x00]), "PNP0B00");

@@ -40,10 +40,18 @@ pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
 /// RAM that does not fit below the hole continues here.
 pub const RAM_64BIT_START: u64 = 1 << 32;
+/// 64-bit PCI BAR window, above any RAM a VM may have: [64 GiB, 128 GiB),
+/// inside the 40 physical address bits CPUs (and QEMU's models) have.
+pub const PCI_MMIO64_START: u64 = 1 << 36;
+pub const PCI_MMIO64_SIZE: u64 = 1 << 36;
+/// Most RAM a VM may have: what fits below the 64-bit window once the
+/// MMIO hole below 4 GiB is skipped.
+pub const MAX_RAM: u64 = PCI_MMIO64_START - RAM_64BIT_START + MMIO32_START;
 
 // The windows must not overlap; checked when compiling.
 const _: () = {
     assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= IOAPIC_ADDR);
+    assert!(RAM_64BIT_START + (MAX_RAM - MMIO32_START) <= PCI_MMIO64_START);
     assert!(IOAPIC_ADDR < LAPIC_ADDR && LAPIC_ADDR < KVM_TSS_ADDR);
     assert!(ZERO_PAGE + 0x1000 <= BOOT_STACK && BOOT_STACK < PML4);
     assert!(PVH_MODLIST > PVH_INFO && PVH_MODLIST < PVH_MEMMAP);
