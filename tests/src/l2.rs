@@ -303,6 +303,26 @@ result {t}_vmm_secs=$(echo "$a $b" | awk '{{printf "%.2f", $2-$1}}')
     s
 }
 
+/// QEMU's files in L1, at the paths Debian's QEMU searches.
+const QEMU_FILES: [&str; 3] = [
+    "/usr/share/seabios/bios-256k.bin",
+    "/usr/share/qemu/linuxboot_dma.bin",
+    "/usr/share/qemu/kvmvapic.bin",
+];
+
+/// The L1 script part that boots the same bzImage and initramfs under
+/// QEMU with KVM (the reference VMM), timed like viaduct's runs.
+pub fn l1_qemu_reference(cpus: u32, memory: &str) -> String {
+    format!(
+        r#"a=$(cut -d' ' -f1 /proc/uptime)
+{L1_BIN_DIR}/qemu-system-x86_64 -enable-kvm -cpu host -M pc -smp {cpus} -m {memory}   -nodefaults -display none -no-reboot -serial stdio   -kernel {L1_GUEST_DIR}/bz -initrd {L1_GUEST_DIR}/l2.cpio   -append 'console=ttyS0 reboot=k panic=-1 quiet L2TAG=qemu' </dev/null
+result qemu_exit=$?
+b=$(cut -d' ' -f1 /proc/uptime)
+result qemu_vmm_secs=$(echo "$a $b" | awk '{{printf "%.2f", $2-$1}}')
+"#
+    )
+}
+
 /// Peak RSS viaduct logged for its run (the `peak RSS N KiB` log line), in order.
 pub fn logged_rss_kib(console: &Console) -> Vec<u64> {
     console
@@ -346,7 +366,17 @@ pub fn boot_l2(
         };
         img.host_file(&format!("{L1_GUEST_DIR}/{}", f.kernel_file()), src, 0o644)?;
     }
-    img.scenario(&l1_script(formats, 2, "256M"));
+    img.host_file(&format!("{L1_GUEST_DIR}/bz"), &kernel.bzimage, 0o644)?;
+    img.binary(
+        &format!("{L1_BIN_DIR}/qemu-system-x86_64"),
+        Path::new("/usr/bin/qemu-system-x86_64"),
+    )?;
+    for f in QEMU_FILES {
+        img.host_file(f, Path::new(f), 0o644)?;
+    }
+    let mut script = l1_script(formats, 2, "512M");
+    script.push_str(&l1_qemu_reference(2, "512M"));
+    img.scenario(&script);
     let initrd = work.join("l1.cpio");
     img.write(&initrd)?;
 
@@ -364,7 +394,7 @@ pub fn boot_l2(
     let c = &run.console;
     c.check_finished()?;
     let mut facts = vec![format!(
-        "L1 booted, ran {} L2 guest(s) under viaduct and powered off in {:.1}s",
+        "L1 booted, ran {} L2 guest(s) under viaduct and one under QEMU, and powered off in {:.1}s",
         formats.len(),
         run.elapsed.as_secs_f64()
     )];
@@ -381,6 +411,30 @@ pub fn boot_l2(
             c.get(&format!("{t}_uptime"))?,
             c.get(&format!("{t}_vmm_secs"))?,
             rss.get(i).map_or("?".into(), |r| r.to_string()),
+        ));
+    }
+    // The reference: QEMU with KVM, same kernel, initramfs, CPUs and RAM.
+    c.expect("qemu_exit", "0")?;
+    c.expect("qemu_cpus", "2")?;
+    let secs = |k: &str| -> Result<f64, SelfTestError> {
+        c.get(k)?
+            .parse()
+            .map_err(|_| SelfTestError::Check(format!("{k} is not a number")))
+    };
+    let (qemu_run, qemu_init) = (secs("qemu_vmm_secs")?, secs("qemu_uptime")?);
+    facts.push(format!(
+        "QEMU -enable-kvm, same bzImage/initramfs/2 CPUs/512 MiB: L2 reached init {qemu_init:.2}s after its kernel started, QEMU ran {qemu_run:.2}s"
+    ));
+    for f in formats {
+        let t = f.tag();
+        let (ours_run, ours_init) = (
+            secs(&format!("{t}_vmm_secs"))?,
+            secs(&format!("{t}_uptime"))?,
+        );
+        facts.push(format!(
+            "viaduct {f:?} / QEMU bzImage: run {:.2}x, kernel-to-init {:.2}x",
+            ours_run / qemu_run,
+            ours_init / qemu_init
         ));
     }
     Ok(Report {
