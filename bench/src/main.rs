@@ -1,7 +1,7 @@
 //! viaduct-bench: guest-less benchmarks of Viaduct's vhost-user daemons
 //! against their peers and the host's limits.
 //!
-//!     cargo run --release --bin viaduct-bench -- blk|net|all [--quick] [--out DIR]
+//!     cargo run --release --bin viaduct-bench -- blk|net|all [--quick] [--only TEXT] [--out DIR]
 //!
 //! Writes `<suite>.json`, `<suite>.svg` and `<suite>.md` into `--out`
 //! (default `bench-results/`).
@@ -51,6 +51,9 @@ struct Args {
     /// Measured window per run in milliseconds (default 2000, quick 1000).
     #[arg(long)]
     window_ms: Option<u64>,
+    /// Run only the cases whose name contains TEXT (e.g. "null", "qd1 ").
+    #[arg(long, value_name = "TEXT")]
+    only: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,13 +76,14 @@ fn main() -> anyhow::Result<()> {
     if matches!(args.suite, Which::Blk | Which::All) {
         let r = suite("blk", &args, &timing, &command, |notes| {
             notes.extend(blk_notes());
-            blk::run(args.quick, &timing, &args.out).context("block suite")
+            blk::run(args.quick, args.only.as_deref(), &timing, &args.out).context("block suite")
         })?;
         failed += count_failed(&r);
     }
     if matches!(args.suite, Which::Net | Which::All) {
         let r = suite("net", &args, &timing, &command, |notes| {
-            net::run(args.quick, &timing, &args.out, notes).context("net suite")
+            net::run(args.quick, args.only.as_deref(), &timing, &args.out, notes)
+                .context("net suite")
         })?;
         failed += count_failed(&r);
     }

@@ -705,8 +705,13 @@ mod tests {
             "vhost-user-blk --socket-path /tmp/blk-own.sock --blk-file /tmp/disk-own.raw"
         ));
         assert!(s.contains("--disk socket=/tmp/blk-qsd.sock,num_queues=2"));
-        assert!(s.contains("L2TAG=own'"));
-        assert!(s.contains("result own_exit=$?"));
+        assert!(s.contains("L2TAG=qsd'"));
+        assert!(s.contains("result qsd_exit=$?"));
+        // The full stack runs with the API and L1's phase choreography.
+        assert!(s.contains("L2TAG=own L2API=1'"));
+        assert!(s.contains("--api-socket /tmp/vm.api < /tmp/l2in"));
+        assert!(s.contains("wait_l2 own_phase=idle"));
+        assert!(s.contains("result own_exit=$(cat /tmp/vexit)"));
     }
 
     #[test]

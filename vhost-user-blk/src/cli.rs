@@ -86,6 +86,11 @@ pub struct Args {
     /// sleeping on the kick eventfd (0 = off, at most 1000000).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub poll_us: u64,
+    /// Benchmarking only: complete reads and writes at once without touching
+    /// the image (like qemu-storage-daemon's null-co), to measure the
+    /// vhost-user and ring overhead alone. Written data is NOT stored.
+    #[arg(long)]
+    pub null_io: bool,
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: log::LevelFilter,

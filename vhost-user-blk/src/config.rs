@@ -124,6 +124,8 @@ pub struct Config {
     pub serial: [u8; ID_BYTES],
     /// Busy-poll window after the last request.
     pub poll: Duration,
+    /// Benchmarking: reads and writes complete without I/O.
+    pub null_io: bool,
 }
 
 impl TryFrom<Args> for Config {
@@ -178,6 +180,7 @@ impl TryFrom<Args> for Config {
             logical_block_size: args.logical_block_size,
             serial,
             poll: Duration::from_micros(args.poll_us),
+            null_io: args.null_io,
         })
     }
 }

@@ -87,6 +87,9 @@ fn setup(args: Args) -> anyhow::Result<Server> {
             ids.gid
         );
     }
+    if config.null_io {
+        log::warn!("event=null_io reads and writes complete without I/O: data is not stored");
+    }
     sandbox::enter(sandbox_mode, &exceptions).context("sandbox")?;
     signals::spawn(Arc::clone(&shutdown), Arc::clone(&counters))?;
     Ok(Server::new(config, disk, listener, counters, shutdown))

@@ -249,6 +249,7 @@ impl Server {
             serial: self.config.serial,
             poll: self.config.poll,
             writeback: Arc::new(AtomicBool::new(self.info.writeback)),
+            null_io: self.config.null_io,
         };
         let backend = Arc::new(VhostUserBlkBackend::new(
             self.info.clone(),

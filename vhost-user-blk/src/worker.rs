@@ -5,8 +5,9 @@
 //! Faults come in two tiers: a bad request is completed with IOERR/UNSUPP
 //! (or dropped when no status byte exists) and the queue goes on; a corrupt
 //! ring (avail index jumping more than the queue size, a head index reused
-//! while in flight) stops the queue until the frontend resets it (the
-//! vhost-user equivalent of NEEDS_RESET without the STATUS protocol feature).
+//! while in flight) stops the queue until the frontend resets it and
+//! signals the frontend's vring error eventfd; viaduct turns that into
+//! NEEDS_RESET in the device status (QEMU logs it).
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -60,6 +61,8 @@ pub struct WorkerSettings {
     /// Guest-visible write cache enabled (CONFIG_WCE); when the guest turns it
     /// off, writes are made durable before they complete.
     pub writeback: Arc<AtomicBool>,
+    /// `--null-io`: reads and writes complete at once, no I/O.
+    pub null_io: bool,
 }
 
 /// What a request in flight was, for its completion.
@@ -243,7 +246,7 @@ impl QueueWorker {
                         .map(|chain| (chain.head_index(), chain.collect::<Vec<_>>()))
                         .collect::<Vec<_>>(),
                     Err(e) => {
-                        self.mark_broken(&format!("{e}"));
+                        self.mark_broken(vring, &format!("{e}"));
                         return Ok(popped);
                     }
                 }
@@ -252,7 +255,7 @@ impl QueueWorker {
             for (head, descs) in chains {
                 if usize::from(head) >= self.busy_heads.len() || self.busy_heads[usize::from(head)]
                 {
-                    self.mark_broken(&format!("head {head} reused while in flight"));
+                    self.mark_broken(vring, &format!("head {head} reused while in flight"));
                     return Ok(popped);
                 }
                 let outcome = request::parse(head, descs, &*mem, &self.settings.limits);
@@ -278,10 +281,14 @@ impl QueueWorker {
         Ok(popped)
     }
 
-    fn mark_broken(&mut self, why: &str) {
+    /// The ring cannot be trusted: stop processing it until the driver
+    /// resets the device, and tell the frontend (its vring error eventfd),
+    /// which sets NEEDS_RESET for the driver.
+    fn mark_broken(&mut self, vring: &Vring, why: &str) {
         if !self.broken {
+            let told = vring.signal_error();
             log::error!(
-                "ring_corrupt queue={} reason=\"{why}\" action=stop_until_reset",
+                "ring_corrupt queue={} reason=\"{why}\" action=stop_until_reset frontend_told={told}",
                 self.index
             );
             QueueCounters::bump(&self.counters().ring_errors);
@@ -327,6 +334,15 @@ impl QueueWorker {
                 self.finish(vring, mem, req.head, req.status_addr, BlockStatus::Ok, n);
             }
             (RequestKind::Flush, _) if !self.disk.cache.flush_syncs() => {
+                self.finish(vring, mem, req.head, req.status_addr, BlockStatus::Ok, 0);
+            }
+            (RequestKind::Read { len, .. }, _) if self.settings.null_io => {
+                let len = *len;
+                self.account(&req.kind, BlockStatus::Ok);
+                self.finish(vring, mem, req.head, req.status_addr, BlockStatus::Ok, len);
+            }
+            (RequestKind::Write { .. } | RequestKind::Flush, _) if self.settings.null_io => {
+                self.account(&req.kind, BlockStatus::Ok);
                 self.finish(vring, mem, req.head, req.status_addr, BlockStatus::Ok, 0);
             }
             (_, DiskBackend::Qcow2(access)) => {
@@ -484,7 +500,7 @@ impl QueueWorker {
         }
         let Some(slot) = self.free.pop() else {
             // Cannot happen: heads are unique and slots == queue size.
-            self.mark_broken("more requests than queue entries");
+            self.mark_broken(vring, "more requests than queue entries");
             return Ok(());
         };
         // SAFETY: the iovec array and the guest memory it points into are
@@ -601,7 +617,7 @@ impl QueueWorker {
         let mut state = vring.get_mut();
         if let Err(e) = state.get_queue_mut().add_used(mem, head, len) {
             drop(state);
-            self.mark_broken(&format!("add_used: {e}"));
+            self.mark_broken(vring, &format!("add_used: {e}"));
             return;
         }
         self.unsignalled += 1;

@@ -263,11 +263,19 @@ fn relisten_after_disconnect_with_fresh_state() {
 fn corrupt_ring_stops_that_queue_only() {
     let (_dir, d) = setup("corrupt", &["--num-queues", "2"]);
     let mut s = connect(&d.socket, 2, 16, !F_EVENT_IDX);
+    // The frontend's error eventfd for queue 0 (viaduct sets NEEDS_RESET on it).
+    let err = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+    s.fe.set_vring_err(0, &err).unwrap();
     // Avail index jumps by more than the queue size.
     s.queues[0].set_avail_idx(100);
     s.queues[0].kick();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(s.queues[0].used_idx(), 0);
+    assert_eq!(
+        err.read().ok(),
+        Some(1),
+        "the frontend was told the ring is broken"
+    );
     // Queue 1 is unaffected.
     assert_eq!(s.queues[1].request(VIRTIO_BLK_T_IN, 0, &[(0, 512)]).0, S_OK);
     drop(s);
@@ -376,4 +384,26 @@ fn memory_given_with_add_mem_reg() {
     let q = &mut s.queues[0];
     assert_eq!(q.request(VIRTIO_BLK_T_IN, 3, &[(0, 512)]).0, S_OK);
     assert!(q.read_buf(0, 512).iter().all(|&b| b == pattern(3)));
+}
+
+#[test]
+fn null_io_completes_without_touching_the_image_and_still_validates() {
+    let (dir, d) = setup("null", &["--null-io"]);
+    let before = std::fs::read(dir.path("disk.img")).unwrap();
+    let mut s = connect(&d.socket, 1, 16, !0);
+    let q = &mut s.queues[0];
+    q.fill(2, 8192, 0xab);
+    assert_eq!(q.request(VIRTIO_BLK_T_OUT, 100, &[(2, 8192)]), (S_OK, 1));
+    assert_eq!(q.request(VIRTIO_BLK_T_FLUSH, 0, &[]).0, S_OK);
+    q.fill(3, 4096, 0x5a);
+    assert_eq!(q.request(VIRTIO_BLK_T_IN, 8, &[(3, 4096)]), (S_OK, 4097));
+    assert!(
+        q.read_buf(3, 4096).iter().all(|&b| b == 0x5a),
+        "no data moved into the buffer"
+    );
+    // Validation still runs before the (absent) I/O.
+    let last = (IMG / 512) as u64;
+    assert_eq!(q.request(VIRTIO_BLK_T_IN, last, &[(0, 512)]).0, S_IOERR);
+    drop(s);
+    assert_eq!(std::fs::read(dir.path("disk.img")).unwrap(), before);
 }

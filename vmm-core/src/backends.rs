@@ -2,12 +2,17 @@
 //! socket is in the epoll set for hang-ups; a backend that hung up is
 //! marked lost and retried every [`RETRY_EVERY`] until a daemon listens on
 //! its socket again, which then gets the device's rings back (see
-//! `VhostUserDevice::reconnect`).
+//! `VhostUserDevice::reconnect`). Each device's vring error eventfd is
+//! watched too: a backend that found a ring corrupt gets the device marked
+//! NEEDS_RESET for the driver.
 
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use std::os::fd::AsRawFd;
+
+use virtio_devices::transport::virtio_pci::VirtioPciDevice;
 use virtio_devices::vhost_user::VhostUserDevice;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -18,11 +23,25 @@ pub const RETRY_EVERY: Duration = Duration::from_millis(200);
 pub struct Watched {
     pub id: String,
     pub device: Arc<Mutex<VhostUserDevice>>,
+    pub transport: Arc<Mutex<VirtioPciDevice>>,
     fd: Option<RawFd>,
     failures: u32,
 }
 
-/// All of them, with epoll tokens `base + index`.
+/// What an epoll token of ours means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Device `i`'s backend hung up.
+    HangUp(usize),
+    /// Device `i`'s backend reported a broken ring.
+    RingError(usize),
+}
+
+/// How many devices the token ranges leave room for.
+const MAX_DEVICES: u64 = 0x100;
+
+/// All of them, with epoll tokens `base + index` (hang-ups) and
+/// `base + MAX_DEVICES + index` (ring errors).
 pub struct Backends {
     list: Vec<Watched>,
     base: u64,
@@ -32,24 +51,56 @@ fn lock(d: &Mutex<VhostUserDevice>) -> MutexGuard<'_, VhostUserDevice> {
     d.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl Watched {
+    pub fn new(
+        id: String,
+        device: Arc<Mutex<VhostUserDevice>>,
+        transport: Arc<Mutex<VirtioPciDevice>>,
+    ) -> Self {
+        Self {
+            id,
+            device,
+            transport,
+            fd: None,
+            failures: 0,
+        }
+    }
+}
+
 impl Backends {
-    pub fn new(devices: Vec<(String, Arc<Mutex<VhostUserDevice>>)>, base: u64) -> Self {
-        let list = devices
-            .into_iter()
-            .map(|(id, device)| Watched {
-                id,
-                device,
-                fd: None,
-                failures: 0,
-            })
-            .collect();
-        Self { list, base }
+    pub fn new(devices: Vec<Watched>, base: u64) -> Self {
+        Self {
+            list: devices,
+            base,
+        }
     }
 
-    /// The token's device index, if it is one of ours.
-    pub fn index_of(&self, token: u64) -> Option<usize> {
-        let i = usize::try_from(token.checked_sub(self.base)?).ok()?;
-        (i < self.list.len()).then_some(i)
+    /// What a token means, if it is one of ours.
+    pub fn event_of(&self, token: u64) -> Option<Event> {
+        let off = token.checked_sub(self.base)?;
+        let (i, ev): (u64, fn(usize) -> Event) = if off < MAX_DEVICES {
+            (off, Event::HangUp)
+        } else {
+            (off - MAX_DEVICES, Event::RingError)
+        };
+        let i = usize::try_from(i).ok()?;
+        (i < self.list.len()).then(|| ev(i))
+    }
+
+    /// A backend said a ring of device `i` is corrupt: NEEDS_RESET.
+    pub fn ring_error(&mut self, i: usize) {
+        let w = &self.list[i];
+        // Drain the eventfd; one report per device until the driver resets.
+        let _ = lock(&w.device).error_event().read();
+        let set = w
+            .transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .signal_needs_reset();
+        log::error!(
+            "event=backend_ring_error id={} action=needs_reset newly_set={set}",
+            w.id
+        );
     }
 
     fn watch(&mut self, i: usize, epoll: &Epoll) {
@@ -65,10 +116,19 @@ impl Backends {
         }
     }
 
-    /// Puts every connected backend's socket into `epoll`.
+    /// Puts every connected backend's socket and error eventfd into `epoll`.
     pub fn watch_all(&mut self, epoll: &Epoll) {
         for i in 0..self.list.len() {
             self.watch(i, epoll);
+            let fd = lock(&self.list[i].device).error_event().as_raw_fd();
+            let token = self.base + MAX_DEVICES + i as u64;
+            if let Err(e) = epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            ) {
+                log::warn!("cannot watch ring errors of {}: {e}", self.list[i].id);
+            }
         }
     }
 
@@ -109,5 +169,20 @@ impl Backends {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_decode_to_events_of_known_devices_only() {
+        let b = Backends {
+            list: Vec::new(),
+            base: 0x100,
+        };
+        assert_eq!(b.event_of(0x100), None, "no devices");
+        assert_eq!(b.event_of(0x50), None);
     }
 }

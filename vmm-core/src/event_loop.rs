@@ -12,7 +12,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::api::routes::VmControl;
 use crate::api::server::ApiServer;
-use crate::backends::{Backends, RETRY_EVERY};
+use crate::backends::{Backends, Event, RETRY_EVERY};
 use crate::devices::serial::SerialDevice;
 use crate::lifecycle::Lifecycle;
 
@@ -26,7 +26,7 @@ pub enum EventLoopError {
 const TOKEN_STOP: u64 = 0;
 const TOKEN_STDIN: u64 = 1;
 const TOKEN_API: u64 = 2;
-/// Backend sockets: `TOKEN_BACKENDS + device index`.
+/// Backend sockets and error eventfds: from `TOKEN_BACKENDS` (see [`Backends`]).
 pub const TOKEN_BACKENDS: u64 = 0x100;
 /// API connections: `TOKEN_CONNS + connection id`.
 const TOKEN_CONNS: u64 = 1 << 32;
@@ -108,11 +108,11 @@ pub fn run(lifecycle: &Lifecycle, mut src: Sources) -> Result<(), EventLoopError
                         server.serve(t - TOKEN_CONNS, *vm);
                     }
                 }
-                t => {
-                    if let Some(i) = src.backends.index_of(t) {
-                        src.backends.hung_up(i, &epoll);
-                    }
-                }
+                t => match src.backends.event_of(t) {
+                    Some(Event::HangUp(i)) => src.backends.hung_up(i, &epoll),
+                    Some(Event::RingError(i)) => src.backends.ring_error(i),
+                    None => {}
+                },
             }
         }
     }

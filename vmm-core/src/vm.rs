@@ -22,7 +22,7 @@ use virtio_devices::transport::virtio_pci::{VirtioPciDevice, VirtioPciError};
 use virtio_devices::vhost_user::{DeviceKind, GuestRegion, VhostUserDevice, VhostUserError};
 
 use crate::api::server::{ApiError, ApiServer};
-use crate::backends::Backends;
+use crate::backends::{Backends, Watched};
 use crate::boot::{self, BootEntry, BootSpec, layout};
 use crate::config::{MemoryConfig, SerialMode, VmConfig};
 use crate::control::{DeviceEntry, VmController};
@@ -336,7 +336,7 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, VmError> {
     let backends = Backends::new(
         devices
             .iter()
-            .map(|d| (d.id.clone(), d.backend.clone()))
+            .map(|d| Watched::new(d.id.clone(), d.backend.clone(), d.transport.clone()))
             .collect(),
         TOKEN_BACKENDS,
     );

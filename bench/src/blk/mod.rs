@@ -29,7 +29,12 @@ pub enum BlkError {
 }
 
 /// Runs the block suite; work files go to `dir`.
-pub fn run(quick: bool, timing: &Timing, dir: &Path) -> Result<Vec<CaseResult>, BlkError> {
+pub fn run(
+    quick: bool,
+    only: Option<&str>,
+    timing: &Timing,
+    dir: &Path,
+) -> Result<Vec<CaseResult>, BlkError> {
     let work = dir.join("blk-work");
     std::fs::create_dir_all(&work).map_err(|e| BlkError::Dir(work.clone(), e))?;
     let img = work.join("disk.img");
@@ -39,7 +44,10 @@ pub fn run(quick: bool, timing: &Timing, dir: &Path) -> Result<Vec<CaseResult>, 
         IMAGE_BYTES >> 20
     );
     image::ensure(&img, IMAGE_BYTES)?;
-    let all = cases::cases(quick);
+    let all: Vec<_> = cases::cases(quick)
+        .into_iter()
+        .filter(|c| only.is_none_or(|o| c.name().contains(o)))
+        .collect();
     let mut out = Vec::new();
     for (i, case) in all.iter().enumerate() {
         if case.cache == Cache::Writeback && !case.null {
@@ -65,6 +73,8 @@ pub fn run(quick: bool, timing: &Timing, dir: &Path) -> Result<Vec<CaseResult>, 
 fn servers(case: &BlkCase) -> Vec<(Server, Role)> {
     if case.null {
         return vec![
+            (Server::ViaductNull { poll_us: 0 }, Role::Ours),
+            (Server::ViaductNull { poll_us: 50 }, Role::Ours),
             (
                 Server::QsdNull {
                     iothread_poll: false,

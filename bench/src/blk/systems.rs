@@ -1,5 +1,6 @@
 //! The block systems: our daemon (interrupt and polling), qemu-storage-daemon
-//! (main loop, and a polling iothread), their null-backend variants, each
+//! (main loop, and a polling iothread), their null-backend variants
+//! (`--null-io` and `null-co`), each
 //! started fresh for one run; fio is the limit and runs in `fio.rs`.
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,8 @@ impl Cache {
 pub enum Server {
     /// Ours; `poll_us` 0 = interrupt mode.
     Viaduct { poll_us: u32 },
+    /// Ours with `--null-io` (no I/O at all).
+    ViaductNull { poll_us: u32 },
     /// qemu-storage-daemon, aio=io_uring; with a polling iothread or in its
     /// main loop.
     Qsd { iothread_poll: bool },
@@ -54,6 +57,8 @@ impl Server {
         match self {
             Server::Viaduct { poll_us: 0 } => "viaduct irq".into(),
             Server::Viaduct { poll_us } => format!("viaduct poll-us={poll_us}"),
+            Server::ViaductNull { poll_us: 0 } => "viaduct null-io".into(),
+            Server::ViaductNull { poll_us } => format!("viaduct null-io poll-us={poll_us}"),
             Server::Qsd {
                 iothread_poll: false,
             } => "qsd".into(),
@@ -98,7 +103,7 @@ pub fn start(
     let _ = std::fs::remove_file(&socket);
     let log = dir.join("server.log");
     let (name, cmd) = match server {
-        Server::Viaduct { poll_us } => {
+        Server::Viaduct { poll_us } | Server::ViaductNull { poll_us } => {
             let exe = bins::daemon("vhost-user-blk")?;
             let mut c = Command::new(exe);
             c.arg("--socket-path")
@@ -108,6 +113,9 @@ pub fn start(
                 .args(["--format", "raw", "--cache", cache.name()])
                 .args(["--num-queues", &queues.to_string()])
                 .args(["--poll-us", &poll_us.to_string(), "--log-level", "warn"]);
+            if let Server::ViaductNull { .. } = server {
+                c.arg("--null-io");
+            }
             ("vhost-user-blk", c)
         }
         Server::Qsd { iothread_poll } | Server::QsdNull { iothread_poll } => {

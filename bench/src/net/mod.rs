@@ -27,6 +27,7 @@ pub enum NetError {
 /// Runs the net suite; notes on the setup are appended to `notes`.
 pub fn run(
     quick: bool,
+    only: Option<&str>,
     timing: &Timing,
     dir: &Path,
     notes: &mut Vec<String>,
@@ -64,7 +65,10 @@ pub fn run(
         dir: work,
         dpdk_unavailable,
     };
-    let all = cases::cases(quick);
+    let all: Vec<_> = cases::cases(quick)
+        .into_iter()
+        .filter(|c| only.is_none_or(|o| c.name().contains(o)))
+        .collect();
     let mut out = Vec::new();
     for (i, case) in all.iter().enumerate() {
         let progress = Progress {

@@ -6,13 +6,18 @@
 //! would disagree about the ring layout. This wrapper remembers such a
 //! request and keeps the queue from ever becoming ready (the activation
 //! fails; the worker sees a not-ready queue and processes nothing) until a
-//! valid SET_VRING_NUM arrives. Everything else delegates to
-//! [`VringRwLock`].
+//! valid SET_VRING_NUM arrives.
+//!
+//! It also keeps the frontend's error eventfd (SET_VRING_ERR), which
+//! vhost-user-backend stores but never exposes: a worker that finds the
+//! ring corrupt calls [`CheckedVring::signal_error`] and the frontend
+//! (viaduct) marks the device NEEDS_RESET for the driver. Everything else
+//! delegates to [`VringRwLock`].
 
 use std::fs::File;
-use std::io;
-use std::sync::Arc;
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use vhost_user_backend::{VringRwLock, VringStateGuard, VringStateMutGuard, VringT};
 use virtio_queue::Error as VirtQueError;
@@ -23,12 +28,23 @@ use vm_memory::GuestAddressSpace;
 pub struct CheckedVring<M: GuestAddressSpace> {
     inner: VringRwLock<M>,
     bad_size: Arc<AtomicBool>,
+    err: Arc<Mutex<Option<File>>>,
 }
 
 impl<M: GuestAddressSpace> CheckedVring<M> {
     /// Whether the last SET_VRING_NUM was refused.
     pub fn size_refused(&self) -> bool {
         self.bad_size.load(Ordering::Acquire)
+    }
+
+    /// Tells the frontend this ring is broken (its SET_VRING_ERR eventfd);
+    /// false when it gave none or the write failed.
+    pub fn signal_error(&self) -> bool {
+        let slot = self.err.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some(mut f) => f.write_all(&1u64.to_ne_bytes()).is_ok(),
+            None => false,
+        }
     }
 }
 
@@ -45,6 +61,7 @@ impl<M: 'static + GuestAddressSpace> VringT<M> for CheckedVring<M> {
         Ok(CheckedVring {
             inner: VringRwLock::new(mem, max_queue_size)?,
             bad_size: Arc::new(AtomicBool::new(false)),
+            err: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -132,6 +149,8 @@ impl<M: 'static + GuestAddressSpace> VringT<M> for CheckedVring<M> {
     }
 
     fn set_err(&self, file: Option<File>) {
+        let mine = file.as_ref().and_then(|f| f.try_clone().ok());
+        *self.err.lock().unwrap_or_else(|e| e.into_inner()) = mine;
         self.inner.set_err(file)
     }
 }
@@ -157,5 +176,21 @@ mod tests {
         assert!(!v.size_refused());
         assert!(v.get_ref().get_queue().ready());
         assert_eq!(v.get_ref().get_queue().size(), 64);
+    }
+
+    #[test]
+    fn the_error_eventfd_is_signalled_when_asked() {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+        let v = V::new(GuestMemoryAtomic::new(GuestMemoryMmap::new()), 256).unwrap();
+        assert!(!v.signal_error(), "no eventfd given yet");
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let dup = evt.try_clone().unwrap().into_raw_fd();
+        // SAFETY: `dup` is a fresh descriptor this test owns; the File takes it.
+        v.set_err(Some(unsafe { File::from_raw_fd(dup) }));
+        assert!(v.signal_error());
+        assert_eq!(evt.read().unwrap(), 1);
+        v.set_err(None);
+        assert!(!v.signal_error());
     }
 }

@@ -185,6 +185,23 @@ impl VirtioPciDevice {
         self.notify_exits.clone()
     }
 
+    /// The device (its backend) can no longer serve the driver: set
+    /// DEVICE_NEEDS_RESET and, the driver running, send a configuration
+    /// change interrupt (virtio 1.2 §2.1.2). Returns whether anything changed.
+    pub fn signal_needs_reset(&mut self) -> bool {
+        if self.common.status & STATUS_DRIVER_OK == 0
+            || self.common.status & STATUS_NEEDS_RESET != 0
+        {
+            return false;
+        }
+        self.common.status |= STATUS_NEEDS_RESET;
+        self.common.config_generation = self.common.config_generation.wrapping_add(1);
+        if let Some(evt) = self.routes.notifier(self.common.msix_config) {
+            let _ = evt.write(1);
+        }
+        true
+    }
+
     /// The driver's status byte (DRIVER_OK = 4 once it runs the device).
     pub fn driver_status(&self) -> u8 {
         self.common.status
@@ -496,6 +513,24 @@ mod tests {
         let mut s = [0xffu8];
         d.bar_read(BAR, 0x14, &mut s);
         assert_eq!(s, [0]);
+    }
+
+    #[test]
+    fn needs_reset_is_set_once_and_raises_the_config_vector() {
+        let (mut d, _) = device();
+        assert!(!d.signal_needs_reset(), "no driver yet");
+        w16(&mut d, 0x10, 2);
+        d.bar_write(BAR, 0x14, &[1 | 2 | 8]);
+        d.bar_write(BAR, 0x14, &[1 | 2 | 4 | 8]);
+        assert!(d.signal_needs_reset());
+        let mut s = [0u8];
+        d.bar_read(BAR, 0x14, &mut s);
+        assert_eq!(s[0] & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
+        assert_eq!(d.routes.notifier(2).unwrap().read().unwrap(), 1);
+        assert!(!d.signal_needs_reset(), "already set");
+        d.bar_write(BAR, 0x14, &[0]);
+        d.bar_read(BAR, 0x14, &mut s);
+        assert_eq!(s, [0], "a reset clears it");
     }
 
     #[test]

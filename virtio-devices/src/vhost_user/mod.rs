@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use vhost::vhost_user::message::VhostUserConfigFlags;
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 pub use features::DeviceKind;
 use features::VHOST_USER_F_PROTOCOL_FEATURES;
@@ -46,7 +47,7 @@ pub enum VhostUserError {
     RingOutsideMemory(u16, u64),
     #[error("the restarted backend lacks features the driver acked ({0:#x})")]
     FeaturesLost(u64),
-    #[error("cannot duplicate a queue eventfd")]
+    #[error("cannot create or duplicate a queue eventfd")]
     DupEventFd(#[source] std::io::Error),
 }
 
@@ -139,13 +140,15 @@ fn send_mem_table(fe: &mut Frontend, regions: &[GuestRegion]) -> Result<(), Vhos
         .map_err(|e| VhostUserError::Request("SET_MEM_TABLE", e))
 }
 
-/// Starts one ring in the backend at `base`.
+/// Starts one ring in the backend at `base`; `err` is signalled by a
+/// backend that finds the ring corrupt.
 fn start_ring(
     fe: &mut Frontend,
     regions: &[GuestRegion],
     max_size: u16,
     q: &SavedQueue,
     base: u16,
+    err: &EventFd,
 ) -> Result<(), VhostUserError> {
     let req = |what| move |e| VhostUserError::Request(what, e);
     let i = usize::from(q.index);
@@ -167,6 +170,7 @@ fn start_ring(
     fe.set_vring_base(i, base).map_err(req("SET_VRING_BASE"))?;
     fe.set_vring_call(i, &q.call)
         .map_err(req("SET_VRING_CALL"))?;
+    fe.set_vring_err(i, err).map_err(req("SET_VRING_ERR"))?;
     fe.set_vring_kick(i, &q.kick)
         .map_err(req("SET_VRING_KICK"))?;
     fe.set_vring_enable(i, true)
@@ -187,6 +191,9 @@ pub struct VhostUserDevice {
     saved: Vec<SavedQueue>,
     connected: bool,
     reconnects: u32,
+    /// Given to the backend for every ring (SET_VRING_ERR); the VMM's
+    /// event loop turns a signal into NEEDS_RESET.
+    error: EventFd,
 }
 
 impl VhostUserDevice {
@@ -216,7 +223,13 @@ impl VhostUserDevice {
             saved: Vec::new(),
             connected: true,
             reconnects: 0,
+            error: EventFd::new(EFD_NONBLOCK).map_err(VhostUserError::DupEventFd)?,
         })
+    }
+
+    /// Readable when the backend reported a broken ring.
+    pub fn error_event(&self) -> &EventFd {
+        &self.error
     }
 
     /// The socket to watch for the backend hanging up (None while lost).
@@ -262,7 +275,14 @@ impl VhostUserDevice {
             for q in &self.saved {
                 let base = used_idx(&self.regions, q.used)
                     .ok_or(VhostUserError::RingOutsideMemory(q.index, q.used))?;
-                start_ring(&mut self.frontend, &self.regions, self.queue_size, q, base)?;
+                start_ring(
+                    &mut self.frontend,
+                    &self.regions,
+                    self.queue_size,
+                    q,
+                    base,
+                    &self.error,
+                )?;
                 log::info!(
                     "event=ring_restarted socket={} queue={} base={base}",
                     self.socket.display(),
@@ -334,6 +354,7 @@ impl VhostUserDevice {
                 self.queue_size,
                 &saved,
                 0,
+                &self.error,
             )?;
             self.saved.push(saved);
         }
