@@ -245,7 +245,10 @@ mkfifo /tmp/hold; sleep 600 > /tmp/hold & HOLD=$!
 nc -l -p 5000 < /tmp/hold > /tmp/tcp.rx &
 NC=$!
 rm -f /tmp/l2in; mkfifo /tmp/l2in
-( RUST_LOG=info {L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/bz --initramfs {L1_GUEST_DIR}/l2.cpio   --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG={t} L2API=1' --cpus 2 --memory 256M   --disk socket={sock},num_queues=2 --net socket=/tmp/net.sock,mac={L2_MAC}   --api-socket /tmp/vm.api < /tmp/l2in; echo $? > /tmp/vexit ) | tee /tmp/l2.out &
+( RUST_LOG=info {L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/bz --initramfs {L1_GUEST_DIR}/l2.cpio \
+  --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG={t} L2API=1' --cpus 2 --memory 256M \
+  --disk socket={sock},num_queues=2 --net socket=/tmp/net.sock,mac={L2_MAC} \
+  --api-socket /tmp/vm.api < /tmp/l2in; echo $? > /tmp/vexit ) | tee /tmp/l2.out &
 V=$!
 exec 3> /tmp/l2in
 if wait_l2 {t}_phase=idle; then
@@ -614,6 +617,9 @@ fn check_api_choreography(c: &Console, t: &str) -> Result<Vec<String>, SelfTestE
     let idle_exits: u64 = c.get(&k("idle_exits"))?.parse().unwrap_or(u64::MAX);
     c.expect(&k("shutdown"), "ok")?;
     c.expect(&k("exit"), "0")?;
+    check(c.text().contains("event=seccomp state=On"), || {
+        "viaduct did not report its seccomp filter installed".into()
+    })?;
     Ok(vec![
         "L2 sent 16 MiB over TCP to L1 through vhost-user-net, md5 intact".into(),
         "the blk daemon was SIGKILLed while L2 idled and started again: viaduct reconnected (reconnects=1) and L2 wrote and read 1 MiB on the same disk".into(),
@@ -624,6 +630,7 @@ fn check_api_choreography(c: &Console, t: &str) -> Result<Vec<String>, SelfTestE
             idle_exits as f64 / f64::from(IDLE_SECS)
         ),
         "PUT /vm/shutdown ended viaduct with status 0".into(),
+        "viaduct ran all of it under its seccomp filter (kill on any off-list syscall)".into(),
     ])
 }
 

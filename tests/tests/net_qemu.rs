@@ -216,6 +216,7 @@ fn guest_pings_moves_64mib_each_way_with_gso_and_daemon_serves_a_second_boot() {
     let sink = env.ns.spawn(move || {
         let l = TcpListener::bind("0.0.0.0:5001").expect("bind 5001");
         let mut s = accept_within(&l, Duration::from_secs(180)).expect("guest connected to 5001");
+        let t0 = std::time::Instant::now();
         let mut got = Vec::with_capacity(XFER);
         let mut buf = vec![0u8; 1 << 16];
         while got.len() < XFER {
@@ -224,13 +225,32 @@ fn guest_pings_moves_64mib_each_way_with_gso_and_daemon_serves_a_second_boot() {
                 Ok(n) => got.extend_from_slice(&buf[..n]),
             }
         }
+        let secs = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "guest→host TCP: {} MiB in {secs:.2}s = {:.1} MiB/s (QEMU TCG guest: correctness, not speed)",
+            got.len() >> 20,
+            got.len() as f64 / (1 << 20) as f64 / secs
+        );
         (got.len(), got == *expected)
     });
     let source_data = data.clone();
     let source = env.ns.spawn(move || {
         let l = TcpListener::bind("0.0.0.0:5002").expect("bind 5002");
         let mut s = accept_within(&l, Duration::from_secs(240)).expect("guest connected to 5002");
-        s.write_all(&source_data).is_ok()
+        let t0 = std::time::Instant::now();
+        let ok = s.write_all(&source_data).is_ok();
+        // The guest closes after reading everything: wait for that EOF.
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+        let mut rest = [0u8; 64];
+        while matches!(s.read(&mut rest), Ok(n) if n > 0) {}
+        let secs = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "host→guest TCP: {} MiB in {secs:.2}s = {:.1} MiB/s",
+            source_data.len() >> 20,
+            source_data.len() as f64 / (1 << 20) as f64 / secs
+        );
+        ok
     });
 
     let run = boot(

@@ -80,6 +80,8 @@ pub struct VmConfig {
     pub vfio: Vec<vfio_passthrough::session::DeviceSpec>,
     pub serial: SerialMode,
     pub api_socket: Option<PathBuf>,
+    /// The seccomp filter installed once the VM runs.
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 /// Parses `512M`, `2G`, `64K` or plain bytes.
@@ -411,6 +413,7 @@ mod tests {
             vfio: vec![],
             serial: SerialMode::Stdio,
             api_socket: None,
+            seccomp: Default::default(),
         };
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("kernel /nonexistent/vmlinuz"), "{err}");

@@ -13,5 +13,6 @@ pub mod kvm_check;
 pub mod lifecycle;
 pub mod memory;
 pub mod pci;
+pub mod seccomp;
 pub mod vfio;
 pub mod vm;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use vmm_core::config::{self, VmConfig};
+use vmm_core::seccomp::SeccompMode;
 
 /// Viaduct: a compact KVM VMM whose disks and NICs are served by vhost-user daemons.
 ///
@@ -81,6 +82,11 @@ struct Cli {
     /// PUT /vm/pause, /vm/resume, /vm/shutdown. See `viaduct ctl --help`.
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// Once the VM runs, confine viaduct with seccomp: `on` kills it on any
+    /// syscall off the list, `log` only logs such calls (kernel audit log),
+    /// `off` disables the filter (debugging).
+    #[arg(long, value_enum, default_value_t = SeccompMode::On)]
+    seccomp: SeccompMode,
 }
 
 /// What `viaduct ctl` asks a running VMM.
@@ -150,6 +156,7 @@ fn vm_config(cli: Cli) -> anyhow::Result<VmConfig> {
             .collect::<Result<_, _>>()?,
         serial: config::parse_serial(&cli.serial)?,
         api_socket: cli.api_socket,
+        seccomp: cli.seccomp,
     };
     cfg.validate()?;
     Ok(cfg)

@@ -85,6 +85,8 @@ pub enum VmError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Pause(#[from] PauseError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// A KVM VM with its RAM, buses and lifecycle.
@@ -355,6 +357,8 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, VmError> {
         handles.push(vcpu.spawn()?);
     }
     vm.pause.adopt_threads(handles);
+    // Everything is built and running: confine every thread from here on.
+    crate::seccomp::install(cfg.seccomp)?;
     let sources = Sources {
         serial: (cfg.serial == SerialMode::Stdio).then_some(serial),
         api: api.map(|s| (s, &control as &dyn crate::api::routes::VmControl)),

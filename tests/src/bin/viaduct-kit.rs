@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use guest_kit::cache::Cache;
+use guest_kit::l2::DiskBackend;
 use guest_kit::provision;
 use guest_kit::selftest::{self, Report};
 
@@ -18,6 +19,7 @@ use guest_kit::selftest::{self, Report};
 ///
 /// Examples:
 ///   viaduct-kit provision          # install packages, fetch and unpack the guest kernel
+///   viaduct-kit demo               # viaduct + both daemons boot a guest (in test host B)
 ///   viaduct-kit selftest           # boot both test hosts and report what they can do
 ///   VIADUCT_VERBOSE=1 viaduct-kit selftest host-b   # ...echoing the guest consoles
 #[derive(Parser, Debug)]
@@ -31,6 +33,11 @@ struct Cli {
 enum Cmd {
     /// Install host packages (as root) and provision the guest kernel; print the paths.
     Provision,
+    /// The whole stack: inside test host B (host KVM here cannot boot Linux),
+    /// `viaduct` boots a guest whose disk comes from `vhost-user-blk` and NIC
+    /// from `vhost-user-net`, drives it through its API (pause, resume,
+    /// daemon restart, shutdown) and prints what the guest saw.
+    Demo,
     /// Boot the test hosts for real and check what each must be able to do.
     Selftest {
         /// Which host to test.
@@ -77,6 +84,18 @@ fn run() -> anyhow::Result<()> {
             println!("bzimage={}", kernel.bzimage.display());
             println!("vmlinux={}", kernel.vmlinux.display());
             println!("modules={}", kernel.modules.display());
+        }
+        Cmd::Demo => {
+            let work = cache.scratch("demo")?;
+            println!("....  booting test host B; viaduct runs the guest inside it");
+            match guest_kit::l2::boot_l2_with_disk(&kernel, &work, &[DiskBackend::Viaduct]) {
+                Ok(report) => print_report(&report),
+                Err(e) => {
+                    println!("FAIL  demo: {e}");
+                    println!("      logs kept in {}", work.keep().display());
+                    anyhow::bail!("the demo failed");
+                }
+            }
         }
         Cmd::Selftest { which } => {
             let start = Instant::now();
