@@ -226,6 +226,10 @@ impl UringEngine {
 
     /// Hand queued entries to the kernel.
     pub fn submit(&mut self) -> Result<(), UringError> {
+        // Nothing queued (inline completions, --null-io): no syscall.
+        if self.ring.submission().is_empty() {
+            return Ok(());
+        }
         loop {
             match self.ring.submit() {
                 Ok(_) => return Ok(()),
