@@ -9,17 +9,14 @@
 //! opcodes are not seen by seccomp; the ring only ever gets our own
 //! read/write/fsync SQEs on the image fd.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr,
     RulesetCreatedAttr, RulesetStatus,
 };
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+use seccompiler::{BpfProgram, SeccompAction};
+use virtio_devices::seccomp;
 
 /// `--sandbox`: how strict the daemon is after start-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -36,10 +33,8 @@ pub enum SandboxMode {
 /// Entering the sandbox failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error("building the seccomp filter")]
-    Build(#[source] seccompiler::BackendError),
-    #[error("installing the seccomp filter")]
-    Install(#[source] seccompiler::Error),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     #[error("setting up landlock")]
     Landlock(#[source] landlock::RulesetError),
     #[error("opening a path for a landlock rule")]
@@ -129,7 +124,7 @@ const ALLOWED: &[i64] = &[
     // removing our own socket file on exit (Landlock limits where)
     libc::SYS_unlink,
     libc::SYS_unlinkat,
-    // turned into EACCES by `open_filter`
+    // turned into EACCES by the stacked open filter (virtio_devices::seccomp)
     libc::SYS_open,
     libc::SYS_openat,
     libc::SYS_openat2,
@@ -148,50 +143,13 @@ const IOCTLS: &[u64] = &[
 
 /// The seccomp program; `mismatch` is what happens to off-list syscalls.
 pub fn filter(mismatch: SeccompAction) -> Result<BpfProgram, SandboxError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
-    let ioctl_rules = IOCTLS
-        .iter()
-        .map(|&req| {
-            SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)
-                .and_then(|c| SeccompRule::new(vec![c]))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(SandboxError::Build)?;
-    rules.insert(libc::SYS_ioctl, ioctl_rules);
-    // prctl(2) only to name threads (std does it from each new thread).
-    let set_name = SeccompCondition::new(
-        0,
-        SeccompCmpArgLen::Dword,
-        SeccompCmpOp::Eq,
-        libc::PR_SET_NAME as u64,
-    )
-    .and_then(|c| SeccompRule::new(vec![c]))
-    .map_err(SandboxError::Build)?;
-    rules.insert(libc::SYS_prctl, vec![set_name]);
-    let f = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
-        .map_err(SandboxError::Build)?;
-    BpfProgram::try_from(f).map_err(SandboxError::Build)
-}
-
-/// A second filter that makes opening files fail with EACCES instead of
-/// killing: glibc's malloc reads /proc/sys/vm/overcommit_memory when it
-/// trims a heap and copes with an error. (Stacked filters: the kernel takes
-/// the most restrictive verdict, so this only turns allow/kill of the first
-/// filter into EACCES for these calls.)
-pub fn open_filter() -> Result<BpfProgram, SandboxError> {
-    let rules = [libc::SYS_open, libc::SYS_openat, libc::SYS_openat2]
-        .iter()
-        .map(|&nr| (nr, Vec::new()))
-        .collect();
-    let f = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EACCES as u32),
-        TargetArch::x86_64,
-    )
-    .map_err(SandboxError::Build)?;
-    BpfProgram::try_from(f).map_err(SandboxError::Build)
+    Ok(seccomp::allowlist(
+        ALLOWED,
+        IOCTLS,
+        vec![],
+        vec![],
+        mismatch,
+    )?)
 }
 
 /// Landlock: no filesystem access but `exceptions`, no TCP bind/connect.
@@ -227,10 +185,7 @@ pub fn enter(mode: SandboxMode, exceptions: &[FsException]) -> Result<(), Sandbo
         SandboxMode::Log => SeccompAction::Log,
     };
     let landlock = landlock(exceptions)?;
-    // The open filter first: once the allowlist is in, seccomp(2) is not.
-    for prog in [open_filter()?, filter(mismatch)?] {
-        seccompiler::apply_filter_all_threads(&prog).map_err(SandboxError::Install)?;
-    }
+    seccomp::install_all_threads(&filter(mismatch)?)?;
     log::info!("event=sandbox state={mode:?} seccomp=all_threads landlock={landlock:?}");
     Ok(())
 }
@@ -239,29 +194,10 @@ pub fn enter(mode: SandboxMode, exceptions: &[FsException]) -> Result<(), Sandbo
 mod tests {
     use super::*;
 
-    /// Runs `body` in a forked child under the filter; returns the child's
-    /// wait status.
+    /// Runs `body` in a forked child under the filters; returns its wait status.
     fn in_filtered_child(body: fn() -> i32) -> libc::c_int {
         let prog = filter(SeccompAction::KillProcess).unwrap();
-        let open = open_filter().unwrap();
-        // SAFETY: the child only installs the prebuilt filter (prctl +
-        // seccomp) and makes raw syscalls before _exit.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            let applied =
-                seccompiler::apply_filter(&open).and_then(|()| seccompiler::apply_filter(&prog));
-            let code = match applied {
-                Ok(()) => body(),
-                Err(_) => 100,
-            };
-            // SAFETY: ends the forked child without running destructors.
-            unsafe { libc::_exit(code) };
-        }
-        let mut status = 0;
-        // SAFETY: waits for our own child.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        status
+        seccomp::in_filtered_child(&prog, body)
     }
 
     #[test]

@@ -11,5 +11,7 @@ pub mod backend;
 pub mod block;
 pub mod net;
 pub mod pci;
+#[cfg(feature = "seccomp")]
+pub mod seccomp;
 pub mod transport;
 pub mod vhost_user;

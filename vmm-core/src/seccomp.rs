@@ -2,18 +2,16 @@
 //! is built and its vCPU threads run: from then on the process only needs
 //! KVM and VFIO ioctls, its eventfds, sockets to the control API and to
 //! vhost-user backends (reconnects), memory management and the console.
-//! Opening files is refused with EACCES, any other off-list syscall kills
+//! Opening files is refused with EACCES (the shared glue in
+//! `virtio_devices::seccomp` stacks that filter), any other off-list syscall kills
 //! the process (`--seccomp log` only logs it, `off` disables the filter).
 //!
 //! ioctls are matched on their type byte: KVM (`0xAE`), VFIO (`;`), plus
 //! FIONBIO/FIOCLEX on sockets and the terminal queries the logger makes.
 
-use std::collections::BTreeMap;
-
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+use seccompiler::{BpfProgram, SeccompAction};
+use virtio_devices::seccomp;
+pub use virtio_devices::seccomp::SeccompError;
 
 /// `--seccomp`: how strict viaduct is once the VM runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -25,15 +23,6 @@ pub enum SeccompMode {
     Log,
     /// No filter.
     Off,
-}
-
-/// Installing the filter failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SeccompError {
-    #[error("building the seccomp filter")]
-    Build(#[source] seccompiler::BackendError),
-    #[error("installing the seccomp filter")]
-    Install(#[source] seccompiler::Error),
 }
 
 /// Syscalls allowed with any arguments.
@@ -103,9 +92,6 @@ const ALLOWED: &[i64] = &[
     // the API socket file is removed at exit
     libc::SYS_unlink,
     libc::SYS_unlinkat,
-    // turned into EACCES by `open_filter`
-    libc::SYS_open,
-    libc::SYS_openat,
 ];
 
 /// ioctl type bytes allowed: KVM and VFIO.
@@ -113,64 +99,13 @@ const IOCTL_TYPES: &[u64] = &[0xae, b';' as u64];
 /// Single ioctls allowed: socket flags and the logger's terminal queries.
 const IOCTLS: &[u64] = &[libc::FIONBIO, libc::FIOCLEX, libc::TCGETS, libc::TIOCGWINSZ];
 
-fn rule(
-    c: Result<SeccompCondition, seccompiler::BackendError>,
-) -> Result<SeccompRule, SeccompError> {
-    c.and_then(|c| SeccompRule::new(vec![c]))
-        .map_err(SeccompError::Build)
-}
-
 /// The allowlist; `mismatch` is what happens to everything else.
 pub fn filter(mismatch: SeccompAction) -> Result<BpfProgram, SeccompError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
-    let mut ioctls = Vec::new();
-    for &t in IOCTL_TYPES {
-        ioctls.push(rule(SeccompCondition::new(
-            1,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::MaskedEq(0xff00),
-            t << 8,
-        ))?);
-    }
-    for &req in IOCTLS {
-        ioctls.push(rule(SeccompCondition::new(
-            1,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            req,
-        ))?);
-    }
-    rules.insert(libc::SYS_ioctl, ioctls);
-    rules.insert(
-        libc::SYS_prctl,
-        vec![rule(SeccompCondition::new(
-            0,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            libc::PR_SET_NAME as u64,
-        ))?],
-    );
-    let f = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
-        .map_err(SeccompError::Build)?;
-    BpfProgram::try_from(f).map_err(SeccompError::Build)
-}
-
-/// Opening files fails with EACCES rather than killing (glibc probes
-/// /proc files and copes with an error).
-fn open_filter() -> Result<BpfProgram, SeccompError> {
-    let rules = [libc::SYS_open, libc::SYS_openat, libc::SYS_openat2]
+    let by_type = IOCTL_TYPES
         .iter()
-        .map(|&nr| (nr, Vec::new()))
-        .collect();
-    let f = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EACCES as u32),
-        TargetArch::x86_64,
-    )
-    .map_err(SeccompError::Build)?;
-    BpfProgram::try_from(f).map_err(SeccompError::Build)
+        .map(|&t| seccomp::arg_masked_eq(1, 0xff00, t << 8))
+        .collect::<Result<Vec<_>, _>>()?;
+    seccomp::allowlist(ALLOWED, IOCTLS, by_type, vec![], mismatch)
 }
 
 /// Installs the filters on every thread of the process.
@@ -183,9 +118,7 @@ pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
         SeccompMode::On => SeccompAction::KillProcess,
         SeccompMode::Log => SeccompAction::Log,
     };
-    for prog in [open_filter()?, filter(mismatch)?] {
-        seccompiler::apply_filter_all_threads(&prog).map_err(SeccompError::Install)?;
-    }
+    seccomp::install_all_threads(&filter(mismatch)?)?;
     log::info!("event=seccomp state={mode:?} threads=all");
     Ok(())
 }
@@ -193,33 +126,10 @@ pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use virtio_devices::seccomp::killed_by_seccomp;
 
-    /// Runs `body` in a forked child under the filters; returns its wait status.
     fn in_filtered_child(body: fn() -> i32) -> libc::c_int {
-        let prog = filter(SeccompAction::KillProcess).unwrap();
-        let open = open_filter().unwrap();
-        // SAFETY: the child only installs the prebuilt filters (prctl +
-        // seccomp) and makes raw syscalls before _exit.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            let applied =
-                seccompiler::apply_filter(&open).and_then(|()| seccompiler::apply_filter(&prog));
-            let code = match applied {
-                Ok(()) => body(),
-                Err(_) => 100,
-            };
-            // SAFETY: ends the forked child without running destructors.
-            unsafe { libc::_exit(code) };
-        }
-        let mut status = 0;
-        // SAFETY: waits for our own child.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        status
-    }
-
-    fn killed_by_sigsys(status: libc::c_int) -> bool {
-        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS
+        seccomp::in_filtered_child(&filter(SeccompAction::KillProcess).unwrap(), body)
     }
 
     #[test]
@@ -231,14 +141,14 @@ mod tests {
             unsafe { libc::execve(c"/bin/true".as_ptr(), argv.as_ptr(), argv.as_ptr()) };
             0
         });
-        assert!(killed_by_sigsys(status), "execve: status {status:#x}");
+        assert!(killed_by_seccomp(status), "execve: status {status:#x}");
         let status = in_filtered_child(|| {
             let byte = 0u8;
             // SAFETY: TIOCSTI is off the list; the byte lives for the call.
             unsafe { libc::ioctl(0, libc::TIOCSTI, &byte) };
             0
         });
-        assert!(killed_by_sigsys(status), "TIOCSTI: status {status:#x}");
+        assert!(killed_by_seccomp(status), "TIOCSTI: status {status:#x}");
     }
 
     #[test]

@@ -435,32 +435,13 @@ impl VirtioDevice for VhostUserDevice {
 mod tests {
     use super::*;
 
-    fn regions() -> Vec<GuestRegion> {
-        vec![
-            GuestRegion {
-                gpa: 0,
-                size: 0x1000_0000,
-                hva: 0x7f00_0000_0000,
-                fd: 3,
-                file_offset: 0,
-            },
-            GuestRegion {
-                gpa: 1 << 32,
-                size: 0x1000_0000,
-                hva: 0x7f10_0000_0000,
-                fd: 3,
-                file_offset: 0x1000_0000,
-            },
-        ]
-    }
-
     #[test]
     fn connect_to_a_missing_socket_is_a_clear_error() {
         let err = VhostUserDevice::connect(
             Path::new("/nonexistent/viaduct-test.sock"),
             DeviceKind::Block { num_queues: 1 },
             256,
-            regions(),
+            rings::tests::regions(),
         )
         .err()
         .map(|e| e.to_string())

@@ -53,10 +53,11 @@ pub struct SavedQueue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn regions() -> Vec<GuestRegion> {
+    /// Two regions around the 32-bit MMIO hole (also used by the device's tests).
+    pub(crate) fn regions() -> Vec<GuestRegion> {
         vec![
             GuestRegion {
                 gpa: 0,
