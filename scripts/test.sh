@@ -38,7 +38,7 @@ start=$(date +%s)
   cargo +nightly fuzz build
   # The message targets serve in-process daemons whose threads outlive each
   # input: LeakSanitizer cannot judge them, the targets count fds/threads.
-  for t in blk_request net_tx vhost_user_blk_msgs vhost_user_net_msgs; do
+  for t in blk_request net_tx vhost_user_blk_msgs vhost_user_net_msgs virtio_pci vfio_config; do
     leaks=1; case $t in *_msgs) leaks=0 ;; esac
     mkdir -p "corpus/$t"
     ASAN_OPTIONS=detect_leaks=$leaks cargo +nightly fuzz run "$t" "corpus/$t" -- \
