@@ -119,6 +119,12 @@ if [ -n "$L2API" ]; then
   dd if=/tmp/q of=/dev/vda bs=1M seek=32 conv=fsync 2>/dev/null && result ${T}_restart_write=ok || result ${T}_restart_write=failed
   echo 3 > /proc/sys/vm/drop_caches
   result ${T}_restart_md5=$(dd if=/dev/vda bs=1M skip=32 count=1 2>/dev/null | md5sum | cut -d' ' -f1) ${T}_restart_want=$(md5sum < /tmp/q | cut -d' ' -f1)
+  # L1 kills and restarts the net daemon while this transfer runs.
+  ( yes VIADUCT-NET-RESTART | head -c 16777216 | nc 10.0.3.1 5001; result ${T}_net_restart_sent=$? ) &
+  result ${T}_net_restart_md5=$(yes VIADUCT-NET-RESTART | head -c 16777216 | md5sum | cut -d' ' -f1)
+  result ${T}_phase=net
+  read -r go
+  wait
   u0=$(cut -d' ' -f1 /proc/uptime)
   result ${T}_phase=clock
   read -r go
@@ -181,7 +187,7 @@ pub fn l1_disk_script(backends: &[DiskBackend]) -> String {
         let (net_start, net_stop) = match b {
             DiskBackend::Viaduct => (
                 format!(
-                    "{L1_BIN_DIR}/vhost-user-net --socket-path /tmp/net.sock --tap vtap0 --host-ip 10.0.3.1/24 </dev/null >/tmp/net-daemon.log 2>&1 &\nN=$!\nfor i in $(seq 100); do [ -S /tmp/net.sock ] && break; sleep 0.1; done\n"
+                    "{NET_DAEMON} </dev/null >/tmp/net-daemon.log 2>&1 &\nN=$!\nfor i in $(seq 100); do [ -S /tmp/net.sock ] && break; sleep 0.1; done\n"
                 ),
                 "kill $N; wait $N 2>/dev/null\ntail -n 20 /tmp/net-daemon.log | sed 's/^/[net-daemon] /'\n".to_string(),
             ),
@@ -219,6 +225,10 @@ result {t}_landed_md5=$(dd if={image} bs=1M skip=16 count=4 2>/dev/null | md5sum
     s
 }
 
+/// The net daemon L1 runs for the full-stack run (and restarts in it).
+const NET_DAEMON: &str =
+    "/opt/viaduct/bin/vhost-user-net --socket-path /tmp/net.sock --tap vtap0 --host-ip 10.0.3.1/24";
+
 /// How long L1 holds the VM paused.
 pub const PAUSE_SECS: u32 = 6;
 /// How long L1 samples exits of the idle guest.
@@ -253,7 +263,7 @@ V=$!
 exec 3> /tmp/l2in
 if wait_l2 {t}_phase=idle; then
   for i in $(seq 20); do kill -0 $NC 2>/dev/null || break; sleep 0.5; done
-  kill $NC $HOLD 2>/dev/null
+  kill $NC 2>/dev/null
   result {t}_tcp_rx_md5=$(md5sum < /tmp/tcp.rx | cut -d' ' -f1) {t}_tcp_rx_bytes=$(wc -c < /tmp/tcp.rx)
   result {t}_info_idle=$(ctl info)
   kill -9 $D; wait $D 2>/dev/null
@@ -261,6 +271,21 @@ if wait_l2 {t}_phase=idle; then
   D=$!
   for i in $(seq 150); do ctl info | grep -q '"reconnects":1' && break; sleep 0.2; done
   result {t}_info_reconnected=$(ctl info)
+  nc -l -p 5001 < /tmp/hold > /tmp/tcp2.rx &
+  NC=$!
+  echo go >&3
+fi
+if wait_l2 {t}_phase=net; then
+  # The guest's TCP transfer is under way: kill the net daemon under it.
+  sleep 0.5
+  kill -9 $N; wait $N 2>/dev/null
+  {NET_DAEMON} </dev/null >/tmp/net-daemon2.log 2>&1 &
+  N=$!
+  for i in $(seq 150); do [ "$(ctl info | grep -o '"reconnects":1' | wc -l)" = 2 ] && break; sleep 0.2; done
+  for i in $(seq 240); do kill -0 $NC 2>/dev/null || break; sleep 0.5; done
+  kill $NC 2>/dev/null
+  result {t}_net_restart_rx_md5=$(md5sum < /tmp/tcp2.rx | cut -d' ' -f1) {t}_net_restart_rx_bytes=$(wc -c < /tmp/tcp2.rx)
+  result {t}_info_net_reconnected=$(ctl info)
   echo go >&3
 fi
 if wait_l2 {t}_phase=clock; then
@@ -280,9 +305,11 @@ if wait_l2 {t}_phase=done; then
   ctl shutdown >/dev/null && result {t}_shutdown=ok
 fi
 wait $V
+kill $HOLD 2>/dev/null
 result {t}_exit=$(cat /tmp/vexit)
 exec 3>&-
 tail -n 20 /tmp/{t}-daemon2.log | sed 's/^/[{t}-daemon-restarted] /'
+tail -n 20 /tmp/net-daemon2.log | sed 's/^/[net-daemon-restarted] /'
 "#
     )
 }
@@ -592,6 +619,14 @@ fn check_api_choreography(c: &Console, t: &str) -> Result<Vec<String>, SelfTestE
     })?;
     c.expect(&k("restart_write"), "ok")?;
     c.expect(&k("restart_md5"), &c.get(&k("restart_want"))?)?;
+    c.expect(&k("net_restart_rx_bytes"), &(16u64 << 20).to_string())?;
+    c.expect(&k("net_restart_rx_md5"), &c.get(&k("net_restart_md5"))?)?;
+    c.expect(&k("net_restart_sent"), "0")?;
+    let net = info_json(c, &k("info_net_reconnected"))?;
+    let nic = device(&net, "net0")?;
+    check(nic["reconnects"] == 1 && nic["connected"] == true, || {
+        format!("viaduct did not reconnect to the restarted net daemon: {nic}")
+    })?;
     c.expect(&k("pause"), "ok")?;
     c.expect(&k("paused_state"), "paused")?;
     c.expect(&k("resume"), "ok")?;
@@ -623,6 +658,7 @@ fn check_api_choreography(c: &Console, t: &str) -> Result<Vec<String>, SelfTestE
     Ok(vec![
         "L2 sent 16 MiB over TCP to L1 through vhost-user-net, md5 intact".into(),
         "the blk daemon was SIGKILLed while L2 idled and started again: viaduct reconnected (reconnects=1) and L2 wrote and read 1 MiB on the same disk".into(),
+        "the net daemon was SIGKILLed during a 16 MiB TCP transfer from L2 and started again (TAP re-created): viaduct reconnected and the transfer completed, md5 intact".into(),
         format!("PUT /vm/pause: state paused for {l1:.1}s of L1 time, L2 saw {guest:.2}s pass (its clock held); resume went on"),
         format!(
             "VMM exits over the whole run: total {} (pio {}, mmio {}, other {}); doorbell exits {}; idle guest: {:.1} exits/s",
