@@ -61,6 +61,7 @@ pub fn run(lifecycle: &Lifecycle, mut src: Sources) -> Result<(), EventLoopError
     }
     src.backends.watch_all(&epoll);
     let mut events = vec![EpollEvent::default(); 16];
+    let mut last_retry = std::time::Instant::now();
     loop {
         if lifecycle.is_stopping() {
             return Ok(());
@@ -75,9 +76,11 @@ pub fn run(lifecycle: &Lifecycle, mut src: Sources) -> Result<(), EventLoopError
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(EventLoopError::Epoll(e)),
         };
-        if n == 0 {
+        // Retry lost backends on schedule even when other events keep
+        // the loop busy (API polling, console input).
+        if src.backends.any_lost() && last_retry.elapsed() >= RETRY_EVERY {
             src.backends.retry(&epoll);
-            continue;
+            last_retry = std::time::Instant::now();
         }
         for ev in &events[..n] {
             let token = ev.data();
