@@ -61,6 +61,10 @@ impl Device {
     /// Opens (or adopts) the TAP queues and configures the host side.
     pub fn open(cfg: &Config) -> Result<Device, ServeError> {
         let pairs = usize::from(cfg.num_queue_pairs);
+        let existed = match &cfg.tap {
+            TapSpec::Name(name) => std::path::Path::new("/sys/class/net").join(name).exists(),
+            TapSpec::Fds(_) => true,
+        };
         let queues = match &cfg.tap {
             TapSpec::Name(name) => TapQueue::open_named(name, pairs)?,
             TapSpec::Fds(fds) => fds
@@ -70,6 +74,10 @@ impl Device {
         };
         let name = queues[0].name().to_owned();
         if matches!(cfg.tap, TapSpec::Name(_)) {
+            if !existed {
+                // Ours: a MAC that survives a daemon restart (see stable_mac).
+                tap::set_mac(&name, tap::stable_mac(&name))?;
+            }
             tap::set_mtu(&name, cfg.mtu)?;
             if let Some((addr, prefix)) = cfg.host_ip {
                 tap::configure_host(&name, addr, prefix)?;
