@@ -1,7 +1,7 @@
 //! Arbitrary vhost-user message streams into the real vhost-user-blk serve
 //! loop (vhost-user-backend's request handler with `VhostUserBlkBackend`
 //! behind it, io_uring engine, a 1 MiB raw image), one connection per
-//! input. A panic anywhere, a daemon that stops accepting, or one that never
+//! input, through the INFLIGHT_SHMFD relay in front of it. A panic anywhere, a daemon that stops accepting, or one that never
 //! hangs up after the frontend does, is a finding.
 
 #![no_main]
@@ -16,6 +16,7 @@ use vhost_user_blk::config::Config;
 use vhost_user_blk::counters::QueueCounters;
 use vhost_user_blk::disk::Disk;
 use vhost_user_blk::memguard;
+use vhost_user_blk::private_socket::PrivateSocket;
 use vhost_user_blk::serve::{self, Server, Shutdown};
 use viaduct_fuzz::{Session, ignore_sigpipe, play};
 
@@ -45,7 +46,8 @@ fn daemon() -> &'static PathBuf {
         let listener = serve::bind(&config.listen).expect("bind");
         let counters = Arc::new((0..2).map(|_| QueueCounters::default()).collect());
         let shutdown = Arc::new(Shutdown::new().expect("shutdown"));
-        let mut server = Server::new(config, disk, listener, counters, shutdown);
+        let private = PrivateSocket::new().expect("relay socket");
+        let mut server = Server::new(config, disk, listener, private, counters, shutdown);
         std::thread::spawn(move || server.run().expect("serve loop"));
         sock
     })

@@ -24,6 +24,8 @@ const UADDR: u64 = 0x4000_0000;
 pub enum Fd {
     /// A memfd of this many 4 KiB pages (0..=64).
     Memfd(u8),
+    /// The same, sealed against shrinking (what SET_INFLIGHT_FD accepts).
+    SealedMemfd(u8),
     Eventfd,
 }
 
@@ -49,6 +51,14 @@ pub enum Body {
         offset: u16,
         size: u16,
         data: Vec<u8>,
+    },
+    /// GET/SET_INFLIGHT_FD: mmap size (pages), offset (bytes), queues,
+    /// queue size.
+    Inflight {
+        pages: u8,
+        offset: u16,
+        queues: u16,
+        queue_size: u16,
     },
     Raw(Vec<u8>),
 }
@@ -78,6 +88,10 @@ fn make_fd(f: &Fd) -> Option<OwnedFd> {
     let fd = unsafe {
         match f {
             Fd::Memfd(_) => libc::memfd_create(c"fuzz".as_ptr(), libc::MFD_CLOEXEC),
+            Fd::SealedMemfd(_) => libc::memfd_create(
+                c"fuzz".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            ),
             Fd::Eventfd => libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC),
         }
     };
@@ -86,9 +100,13 @@ fn make_fd(f: &Fd) -> Option<OwnedFd> {
     }
     // SAFETY: the fd was just created and is owned here.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    if let Fd::Memfd(pages) = f {
+    if let Fd::Memfd(pages) | Fd::SealedMemfd(pages) = f {
         // SAFETY: ftruncate on our own memfd.
         unsafe { libc::ftruncate(owned.as_raw_fd(), i64::from(*pages % 65) * 4096) };
+    }
+    if let Fd::SealedMemfd(_) = f {
+        // SAFETY: fcntl on our own memfd.
+        unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
     }
     Some(owned)
 }
@@ -127,6 +145,18 @@ fn body_bytes(b: &Body) -> Vec<u8> {
         Body::Config { offset, size, data } => {
             let mut p = u32s(&[u32::from(*offset), u32::from(*size), 0]);
             p.extend_from_slice(data);
+            p
+        }
+        Body::Inflight {
+            pages,
+            offset,
+            queues,
+            queue_size,
+        } => {
+            let mut p = u64s(&[u64::from(*pages) * 4096, u64::from(*offset)]);
+            p.extend_from_slice(&queues.to_le_bytes());
+            p.extend_from_slice(&queue_size.to_le_bytes());
+            p.extend_from_slice(&[0; 4]);
             p
         }
         Body::Raw(v) => v.clone(),
@@ -173,7 +203,9 @@ pub fn play(socket: &Path, session: &Session) {
     });
     if !session.skip_hello {
         let f = (1u64 << 32) | (1u64 << 30);
-        let pf = 1u64 | (1 << 3) | (1 << 9);
+        // MQ, REPLY_ACK, CONFIG, INFLIGHT_SHMFD (the blk relay's; the net
+        // daemon never offered it and ignores it).
+        let pf = 1u64 | (1 << 3) | (1 << 9) | (1 << 12);
         let _ = send(&mut s, 3, V1, 0, &[], &[])
             && send(&mut s, 2, V1, 8, &f.to_le_bytes(), &[])
             && send(&mut s, 16, V1, 8, &pf.to_le_bytes(), &[]);

@@ -21,6 +21,8 @@ pub struct QueueCounters {
     pub inflight_max: AtomicU64,
     /// Times the ring was found corrupt (queue stopped until reset).
     pub ring_errors: AtomicU64,
+    /// Requests resubmitted from the in-flight region at ring start.
+    pub resubmitted: AtomicU64,
 }
 
 impl QueueCounters {
@@ -43,7 +45,7 @@ impl QueueCounters {
     pub fn summary(&self, queue: usize) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "queue={queue} requests={} bytes_read={} bytes_written={} errors={} dropped={} inflight_max={} ring_errors={}",
+            "queue={queue} requests={} bytes_read={} bytes_written={} errors={} dropped={} inflight_max={} ring_errors={} resubmitted={}",
             get(&self.requests),
             get(&self.bytes_read),
             get(&self.bytes_written),
@@ -51,6 +53,7 @@ impl QueueCounters {
             get(&self.dropped),
             get(&self.inflight_max),
             get(&self.ring_errors),
+            get(&self.resubmitted),
         )
     }
 }

@@ -14,6 +14,7 @@ use vhost_user_blk::config::{Config, Listen};
 use vhost_user_blk::counters::QueueCounters;
 use vhost_user_blk::disk::Disk;
 use vhost_user_blk::memguard;
+use vhost_user_blk::private_socket::PrivateSocket;
 use vhost_user_blk::privileges;
 use vhost_user_blk::sandbox;
 use vhost_user_blk::serve::{self, Server, Shutdown};
@@ -55,6 +56,7 @@ fn setup(args: Args) -> anyhow::Result<Server> {
     let config = Config::try_from(args)?;
     let disk = Disk::open(&config)?;
     let listener = serve::bind(&config.listen)?;
+    let private = PrivateSocket::new().context("creating the relay socket")?;
     let counters: Arc<Vec<QueueCounters>> = Arc::new(
         (0..config.num_queues)
             .map(|_| QueueCounters::default())
@@ -67,7 +69,9 @@ fn setup(args: Args) -> anyhow::Result<Server> {
         Listen::Path(p) => p.parent().map(|d| d.to_path_buf()),
         Listen::Fd(_) => None,
     };
-    let exceptions: Vec<_> = socket_dir
+    let private_dir = private.path().parent().unwrap_or(private.path());
+    let tmp = std::env::temp_dir();
+    let mut exceptions: Vec<_> = socket_dir
         .iter()
         .map(|d| sandbox::FsException {
             path: if d.as_os_str().is_empty() {
@@ -78,8 +82,19 @@ fn setup(args: Args) -> anyhow::Result<Server> {
             access: AccessFs::RemoveFile.into(),
         })
         .collect();
+    exceptions.push(sandbox::FsException {
+        path: private_dir,
+        access: AccessFs::RemoveFile.into(),
+    });
+    exceptions.push(sandbox::FsException {
+        path: &tmp,
+        access: AccessFs::RemoveDir.into(),
+    });
     if let Some(user) = &user {
         let ids = privileges::lookup(user)?;
+        private
+            .give_to(ids.uid, ids.gid)
+            .context("handing the relay socket to --user")?;
         privileges::drop_to(ids)?;
         log::info!(
             "event=privileges_dropped user={user} uid={} gid={}",
@@ -92,5 +107,7 @@ fn setup(args: Args) -> anyhow::Result<Server> {
     }
     sandbox::enter(sandbox_mode, &exceptions).context("sandbox")?;
     signals::spawn(Arc::clone(&shutdown), Arc::clone(&counters))?;
-    Ok(Server::new(config, disk, listener, counters, shutdown))
+    Ok(Server::new(
+        config, disk, listener, private, counters, shutdown,
+    ))
 }

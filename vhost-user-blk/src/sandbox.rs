@@ -107,6 +107,10 @@ const ALLOWED: &[i64] = &[
     libc::SYS_sendto,
     libc::SYS_shutdown,
     libc::SYS_getsockopt,
+    // the relay's private socket (AF_UNIX only, see `filter`)
+    libc::SYS_connect,
+    // in-flight regions (INFLIGHT_SHMFD): a sealed memfd per GET_INFLIGHT_FD
+    libc::SYS_memfd_create,
     // the image: io_uring engine, qcow2 engine, flushes, discard
     libc::SYS_io_uring_setup,
     libc::SYS_io_uring_enter,
@@ -121,9 +125,11 @@ const ALLOWED: &[i64] = &[
     libc::SYS_fdatasync,
     libc::SYS_fallocate,
     libc::SYS_ftruncate,
-    // removing our own socket file on exit (Landlock limits where)
+    // removing our own socket file and the relay's socket and directory on
+    // exit (Landlock limits where)
     libc::SYS_unlink,
     libc::SYS_unlinkat,
+    libc::SYS_rmdir,
     // turned into EACCES by the stacked open filter (virtio_devices::seccomp)
     libc::SYS_open,
     libc::SYS_openat,
@@ -147,7 +153,11 @@ pub fn filter(mismatch: SeccompAction) -> Result<BpfProgram, SandboxError> {
         ALLOWED,
         IOCTLS,
         vec![],
-        vec![],
+        vec![(
+            libc::SYS_socket,
+            // socket(2) only for AF_UNIX: the backend's connection to the relay.
+            vec![seccomp::arg_eq(0, libc::AF_UNIX as u64)?],
+        )],
         mismatch,
     )?)
 }

@@ -2,6 +2,9 @@
 //! accepted connection build a fresh backend, daemon and exit eventfds, serve
 //! until the frontend goes away, drain, and listen again. A graceful
 //! shutdown drains in-flight requests and flushes the disk per cache mode.
+//!
+//! The frontend talks to the [`crate::inflight_relay`] (INFLIGHT_SHMFD),
+//! which talks to vhost-user-backend over a private socket.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -12,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonError, ShutdownHandle, VhostUserDaemon};
+use virtio_devices::backend::inflight::SharedRegion;
 use virtio_devices::block::BlockDeviceInfo;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -21,6 +25,8 @@ use crate::backend::{BackendError, VhostUserBlkBackend};
 use crate::config::{Config, Listen};
 use crate::counters::{self, QueueCounters};
 use crate::disk::{Disk, DiskError};
+use crate::inflight_relay::BlkFilter;
+use crate::private_socket::{PrivateSocket, RelaySocketError};
 use crate::worker::WorkerSettings;
 
 /// Serving failed.
@@ -56,6 +62,12 @@ pub enum ServeError {
     /// Final flush.
     #[error("final flush failed")]
     Flush(#[from] DiskError),
+    /// The relay's private socket.
+    #[error("relay socket")]
+    RelaySocket(#[from] RelaySocketError),
+    /// Starting the relay threads.
+    #[error("cannot start the relay")]
+    Relay(#[source] io::Error),
 }
 
 /// Graceful-shutdown request shared with the signal thread.
@@ -100,6 +112,7 @@ pub struct Server {
     disk: Arc<Disk>,
     info: BlockDeviceInfo,
     listener: Listener,
+    private: PrivateSocket,
     counters: Arc<Vec<QueueCounters>>,
     shutdown: Arc<Shutdown>,
 }
@@ -157,6 +170,7 @@ impl Server {
         config: Config,
         disk: Disk,
         listener: Listener,
+        private: PrivateSocket,
         counters: Arc<Vec<QueueCounters>>,
         shutdown: Arc<Shutdown>,
     ) -> Self {
@@ -173,6 +187,7 @@ impl Server {
             disk: Arc::new(disk),
             info,
             listener,
+            private,
             counters,
             shutdown,
         }
@@ -243,8 +258,24 @@ impl Server {
 
     /// One connection: fresh backend + daemon, serve, drain, tear down.
     fn serve_one(&mut self) -> Result<(), ServeError> {
+        let front = match self.listener.accept() {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                log::warn!("accept_failed error=\"{e}\"");
+                return Ok(());
+            }
+        };
+        let private_path = self
+            .private
+            .path()
+            .to_str()
+            .ok_or_else(|| ServeError::Daemon("private socket path is not UTF-8".into()))?
+            .to_owned();
+        let region = SharedRegion::default();
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let settings = WorkerSettings {
+            inflight: Arc::clone(&region),
             limits: self.info.limits(),
             serial: self.config.serial,
             poll: self.config.poll,
@@ -268,9 +299,16 @@ impl Server {
                     .map_err(ServeError::Register)?;
             }
         }
-        let started = daemon.start(&mut self.listener);
+        // The backend connects to the relay's private socket; the relay
+        // only takes a connection made by this process.
+        let started = daemon.start_client(&private_path);
+        let mut relay = Vec::new();
         let result = match started {
             Ok(()) => {
+                let back = self.private.accept_own()?;
+                let filter = BlkFilter::new(region, self.info.num_queues, self.info.queue_size);
+                relay = virtio_devices::backend::relay::spawn_relay(front, back, filter)
+                    .map_err(ServeError::Relay)?;
                 log::info!("frontend_connected");
                 *self.shutdown.lock() = daemon.shutdown_handle();
                 if self.shutdown.is_requested() {
@@ -302,6 +340,9 @@ impl Server {
         }
         drop(handlers);
         drop(daemon);
+        for t in relay {
+            let _ = t.join();
+        }
         let mut backend = backend;
         match Arc::get_mut(&mut backend) {
             Some(b) => b.close_leaked_exit_fds(),

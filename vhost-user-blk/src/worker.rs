@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use vhost_user_backend::VringT;
+use virtio_devices::backend::chain;
+use virtio_devices::backend::inflight::{InflightQueue, SharedRegion};
 use virtio_devices::block::{
     BlockStatus, ID_BYTES, ParseOutcome, Request, RequestKind, RequestLimits, Segment, request,
 };
@@ -63,6 +65,9 @@ pub struct WorkerSettings {
     pub writeback: Arc<AtomicBool>,
     /// `--null-io`: reads and writes complete at once, no I/O.
     pub null_io: bool,
+    /// The connection's in-flight region (INFLIGHT_SHMFD), if the frontend
+    /// negotiated one; read at every ring start.
+    pub inflight: SharedRegion,
 }
 
 /// What a request in flight was, for its completion.
@@ -111,6 +116,8 @@ pub struct QueueWorker {
     completions: Vec<(u64, i32)>,
     /// Requests completed since the last used-ring notification decision.
     unsignalled: usize,
+    /// This queue's part of the in-flight region while the ring runs.
+    tracker: Option<InflightQueue>,
 }
 
 impl QueueWorker {
@@ -149,6 +156,7 @@ impl QueueWorker {
             event_idx: false,
             completions: Vec::new(),
             unsignalled: 0,
+            tracker: None,
         })
     }
 
@@ -169,10 +177,11 @@ impl QueueWorker {
     /// A kick (or a ring being enabled): process everything available, then
     /// busy-poll if configured.
     pub fn on_kick(&mut self, vring: &Vring, event_idx: bool) -> Result<(), WorkerError> {
+        self.event_idx = event_idx;
         if self.vring.is_none() {
             self.vring = Some(vring.clone());
+            self.start(vring)?;
         }
-        self.event_idx = event_idx;
         self.process_ring(vring)?;
         if !self.settings.poll.is_zero() {
             self.busy_poll(vring)?;
@@ -202,6 +211,68 @@ impl QueueWorker {
         }
         self.broken = false;
         self.vring = None;
+        self.tracker = None;
+        Ok(())
+    }
+
+    /// First kick after the ring (re)started: pick up the in-flight region
+    /// and resubmit, oldest first, every request a previous daemon took and
+    /// never returned; popping resumes after them.
+    fn start(&mut self, vring: &Vring) -> Result<(), WorkerError> {
+        let region = self
+            .settings
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.tracker = region.and_then(|r| r.queue(u16::try_from(self.index).ok()?));
+        let Some(tracker) = self.tracker.as_mut() else {
+            return Ok(());
+        };
+        let mem = self.mem.memory().into_inner();
+        let (used_idx, ring_size, desc_table) = {
+            let state = vring.get_ref();
+            let queue = state.get_queue();
+            (
+                queue.used_idx(&*mem, Ordering::Acquire),
+                queue.size(),
+                GuestAddress(queue.desc_table()),
+            )
+        };
+        let used_idx = match used_idx {
+            Ok(i) => i.0,
+            Err(e) => {
+                self.mark_broken(vring, &format!("used index: {e}"));
+                return Ok(());
+            }
+        };
+        let recovery = tracker.recover(used_idx, ring_size);
+        if let Some(next) = recovery.next_avail {
+            vring.get_mut().get_queue_mut().set_next_avail(next);
+        }
+        log::info!(
+            "event=inflight_start queue={} fresh={} resubmit={} used_idx={used_idx} next_avail={:?}",
+            self.index,
+            recovery.fresh,
+            recovery.resubmit.len(),
+            recovery.next_avail
+        );
+        for head in recovery.resubmit {
+            let descs = chain::collect(&*mem, desc_table, ring_size, head);
+            let outcome = request::parse(head, descs, &*mem, &self.settings.limits);
+            QueueCounters::bump(&self.counters().resubmitted);
+            self.dispatch(vring, &mem, outcome)?;
+        }
+        if let Some(engine) = self.engine.as_mut() {
+            engine.submit()?;
+        }
+        self.complete_ready(vring);
+        // A predecessor may have died after publishing used entries and
+        // before signalling them: one interrupt too many is harmless.
+        if let Err(e) = vring.signal_used_queue() {
+            log::warn!("signal_failed queue={} error=\"{e}\"", self.index);
+        }
+        self.unsignalled = 0;
         Ok(())
     }
 
@@ -257,6 +328,9 @@ impl QueueWorker {
                 {
                     self.mark_broken(vring, &format!("head {head} reused while in flight"));
                     return Ok(popped);
+                }
+                if let Some(tracker) = self.tracker.as_mut() {
+                    tracker.begin(head);
                 }
                 let outcome = request::parse(head, descs, &*mem, &self.settings.limits);
                 self.dispatch(vring, &mem, outcome)?;
@@ -614,11 +688,18 @@ impl QueueWorker {
     }
 
     fn add_used(&mut self, vring: &Vring, mem: &Mem, head: u16, len: u32) {
+        if let Some(tracker) = &self.tracker {
+            tracker.pre_put(head);
+        }
         let mut state = vring.get_mut();
-        if let Err(e) = state.get_queue_mut().add_used(mem, head, len) {
+        let queue = state.get_queue_mut();
+        if let Err(e) = queue.add_used(mem, head, len) {
             drop(state);
             self.mark_broken(vring, &format!("add_used: {e}"));
             return;
+        }
+        if let Some(tracker) = &self.tracker {
+            tracker.post_put(head, queue.next_used());
         }
         self.unsignalled += 1;
     }

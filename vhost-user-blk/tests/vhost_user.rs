@@ -40,6 +40,7 @@ fn negotiation_and_config_space() {
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     );
     assert_eq!(s.fe.get_queue_num().unwrap(), 2);
     let (_, cfg) =

@@ -9,7 +9,7 @@
 //! * [`counters`]: per-queue packet/byte/drop counters.
 //! * [`serve`]: the listen/accept loop with a fresh backend per connection.
 //! * [`filter`]: relay that hides a QEMU message-order quirk from the
-//!   vhost-user-backend framework; [`relay_socket`]: its private,
+//!   vhost-user-backend framework; [`private_socket`]: its private,
 //!   peer-checked socket to the backend.
 //! * [`checked_vring`]: refuses SET_VRING_NUM sizes that are not a power of two.
 //! * [`exit_fds`]: closes the exit eventfds vhost-user-backend 0.24 leaks.
@@ -25,11 +25,10 @@ pub mod exit_fds;
 pub mod filter;
 pub mod iov;
 pub mod pair;
-pub mod relay_socket;
 pub mod ring_check;
 pub mod rx;
 pub mod sandbox;
 pub mod serve;
 pub mod tap;
 pub mod tx;
-pub use virtio_devices::backend::{checked_vring, memguard, privileges};
+pub use virtio_devices::backend::{checked_vring, memguard, private_socket, privileges};

@@ -11,8 +11,8 @@ use vhost_user_net::cli::Args;
 use vhost_user_net::config::Config;
 use vhost_user_net::counters;
 use vhost_user_net::memguard;
+use vhost_user_net::private_socket::PrivateSocket;
 use vhost_user_net::privileges;
-use vhost_user_net::relay_socket::PrivateSocket;
 use vhost_user_net::sandbox::{self, FsException, SandboxMode};
 use vhost_user_net::serve::{self, Device, Stopper};
 

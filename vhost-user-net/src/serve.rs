@@ -20,7 +20,7 @@ use crate::backend::{BackendError, DeviceParams, NetBackend};
 use crate::config::{Config, SocketSpec, TapSpec, format_mac};
 use crate::counters::{self, PairCounters};
 use crate::filter;
-use crate::relay_socket::{PrivateSocket, RelaySocketError};
+use crate::private_socket::{PrivateSocket, RelaySocketError};
 use crate::tap::{self, TapError, TapQueue};
 
 /// A start-up or serve-loop failure.

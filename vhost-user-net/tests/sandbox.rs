@@ -71,7 +71,7 @@ fn run_sandboxed(tap: &str, extra: &[&str], euid: &str) {
             .any(|e| {
                 e.file_name()
                     .to_string_lossy()
-                    .starts_with(&format!("viaduct-vun-{pid}-"))
+                    .starts_with(&format!("viaduct-relay-{pid}-"))
             })
     };
     // Filters go on after the socket is bound; wait for both.

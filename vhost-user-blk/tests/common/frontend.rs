@@ -70,7 +70,7 @@ pub struct TestQueue {
 }
 
 impl TestQueue {
-    fn new(mem: &GuestMemoryMmap, index: usize, size: u16, event_idx: bool) -> Self {
+    pub fn new(mem: &GuestMemoryMmap, index: usize, size: u16, event_idx: bool) -> Self {
         let base = RING_BASE + index as u64 * 0x1_0000;
         TestQueue {
             mem: mem.clone(),

@@ -4,8 +4,16 @@
 //! - [`checked_vring`]: a vring that refuses SET_VRING_NUM sizes that are not
 //!   a power of two;
 //! - [`memguard`]: refuse short memory files, survive truncated ones (SIGBUS);
-//! - [`privileges`]: `--user`, dropping root after start-up.
+//! - [`privileges`]: `--user`, dropping root after start-up;
+//! - [`relay`] and [`private_socket`]: a message relay in front of
+//!   vhost-user-backend for what it cannot handle, on a private socket;
+//! - [`inflight`] and [`chain`]: the INFLIGHT_SHMFD region and the
+//!   descriptor-chain walk that resubmits what it records.
 
+pub mod chain;
 pub mod checked_vring;
+pub mod inflight;
 pub mod memguard;
+pub mod private_socket;
 pub mod privileges;
+pub mod relay;

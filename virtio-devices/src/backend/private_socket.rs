@@ -1,5 +1,5 @@
-//! The private socket between the [`crate::filter`] relay and
-//! vhost-user-backend. vhost-user-backend 0.24 can only be handed a
+//! The private socket between a daemon's message relay ([`super::relay`])
+//! and vhost-user-backend. vhost-user-backend 0.24 can only be handed a
 //! listener or a path to connect to, never an already-connected stream, so
 //! the daemon connects as a client (`start_client`) to a socket the relay
 //! listens on. That socket lives in a fresh mode-0700 directory, and every
@@ -35,7 +35,7 @@ pub struct PrivateSocket {
 }
 
 impl PrivateSocket {
-    /// Creates `<tmp>/viaduct-vun-<pid>-<nonce>/relay.sock` (directory 0700).
+    /// Creates `<tmp>/viaduct-relay-<pid>-<nonce>/relay.sock` (directory 0700).
     pub fn new() -> Result<PrivateSocket, RelaySocketError> {
         let mut nonce = [0u8; 8];
         // getrandom cannot fail for 8 bytes once the pool is initialised; a
@@ -43,7 +43,7 @@ impl PrivateSocket {
         // SAFETY: getrandom writes at most `nonce.len()` bytes into `nonce`.
         let _ = unsafe { libc::getrandom(nonce.as_mut_ptr().cast(), nonce.len(), 0) };
         let dir = std::env::temp_dir().join(format!(
-            "viaduct-vun-{}-{:016x}",
+            "viaduct-relay-{}-{:016x}",
             std::process::id(),
             u64::from_le_bytes(nonce)
         ));
