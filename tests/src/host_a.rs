@@ -18,6 +18,7 @@ pub struct HostA {
     cmdline: String,
     devices: Vec<String>,
     chardevs: usize,
+    reconnect_ms: Option<u32>,
 }
 
 impl HostA {
@@ -29,6 +30,7 @@ impl HostA {
             cmdline: "console=ttyS0 panic=-1 quiet".into(),
             devices: Vec::new(),
             chardevs: 0,
+            reconnect_ms: None,
         }
     }
 
@@ -49,12 +51,24 @@ impl HostA {
         self
     }
 
+    /// Vhost-user sockets added after this reconnect every `ms` when the
+    /// daemon goes away (QEMU keeps the device and its in-flight region).
+    pub fn reconnect_ms(&mut self, ms: u32) -> &mut Self {
+        self.reconnect_ms = Some(ms);
+        self
+    }
+
     fn chardev(&mut self, socket: &Path) -> String {
         let id = format!("vu{}", self.chardevs);
         self.chardevs += 1;
         self.devices.push("-chardev".into());
-        self.devices
-            .push(format!("socket,id={id},path={}", socket.display()));
+        let reconnect = self
+            .reconnect_ms
+            .map_or(String::new(), |ms| format!(",reconnect-ms={ms}"));
+        self.devices.push(format!(
+            "socket,id={id},path={}{reconnect}",
+            socket.display()
+        ));
         id
     }
 

@@ -29,5 +29,6 @@ pub mod modules;
 pub mod netns;
 pub mod provision;
 pub mod qemu;
+pub mod restart_load;
 pub mod selftest;
 pub mod wire;
