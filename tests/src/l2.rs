@@ -16,6 +16,7 @@ use crate::host_b::{HostB, L1_BIN_DIR};
 use crate::initramfs::Initramfs;
 use crate::kernel::GuestKernel;
 use crate::modules::ModuleTree;
+use crate::restart_load::{self, PER_WORKER, WORKERS};
 use crate::selftest::{Report, SelfTestError};
 
 /// Where L1 keeps L2's kernel images and initramfs.
@@ -62,7 +63,8 @@ impl L2Format {
 
 /// The L2 scenario: CPUs seen, uptime at init, kernel release; with a
 /// disk: its size, the host's pattern read back, our own pattern written.
-pub const L2_SCENARIO: &str = r#"
+/// `@LOAD@` becomes the crash-restart load ([`l2_scenario`]).
+const L2_SCENARIO: &str = r#"
 T=${L2TAG:-l2}
 if [ "$T" = panic ]; then
   echo c > /proc/sysrq-trigger
@@ -113,14 +115,12 @@ if [ -n "$L2API" ]; then
     result ${T}_tcp1_secs=$(echo "$a0 $(cut -d' ' -f1 /proc/uptime)" | awk '{printf "%.2f", $2-$1}')
     result ${T}_tcp_md5=$(yes VIADUCT-TCP-PATTERN | head -c 16777216 | md5sum | cut -d' ' -f1)
   fi
-  sync; echo 3 > /proc/sys/vm/drop_caches
-  result ${T}_phase=idle
+  # L1 SIGKILLs and restarts the blk daemon again and again under this
+  # write-verify load (crate::restart_load).
+  result ${T}_phase=load
+@LOAD@
+  result ${T}_phase=loaded
   read -r go
-  # L1 killed the blk daemon and started it again meanwhile.
-  yes VIADUCT-AFTER-RESTART | head -c 1048576 > /tmp/q
-  dd if=/tmp/q of=/dev/vda bs=1M seek=32 conv=fsync 2>/dev/null && result ${T}_restart_write=ok || result ${T}_restart_write=failed
-  echo 3 > /proc/sys/vm/drop_caches
-  result ${T}_restart_md5=$(dd if=/dev/vda bs=1M skip=32 count=1 2>/dev/null | md5sum | cut -d' ' -f1) ${T}_restart_want=$(md5sum < /tmp/q | cut -d' ' -f1)
   # L1 kills and restarts the net daemon while this transfer runs.
   ( yes VIADUCT-NET-RESTART | head -c 16777216 | nc 10.0.3.1 5001; result ${T}_net_restart_sent=$? ) &
   result ${T}_net_restart_md5=$(yes VIADUCT-NET-RESTART | head -c 16777216 | md5sum | cut -d' ' -f1)
@@ -140,6 +140,20 @@ if [ -n "$L2API" ]; then
   read -r go
 fi
 "#;
+
+/// Guest seconds L2's write-verify loop runs while L1 kills its disk
+/// daemon: longer than [`BLK_KILLS`] kills take.
+pub const L2_LOAD_SECS: u32 = 30;
+/// SIGKILL/restart cycles of the blk daemon under that load.
+pub const BLK_KILLS: u32 = 10;
+
+/// The L2 scenario with the crash-restart load spliced in.
+pub fn l2_scenario() -> String {
+    L2_SCENARIO.replace(
+        "@LOAD@",
+        &restart_load::guest_script("/dev/vda", L2_LOAD_SECS, "${T}_rl_"),
+    )
+}
 
 /// The MAC viaduct gives the L2 NIC (it overrides the backend's).
 pub const L2_MAC: &str = "52:54:00:12:34:99";
@@ -199,7 +213,7 @@ pub fn l1_disk_script(backends: &[DiskBackend]) -> String {
             DiskBackend::QemuStorageDaemon => (String::new(), String::new()),
         };
         let run_vmm = match b {
-            DiskBackend::Viaduct => api_choreography(t, &serve, &sock),
+            DiskBackend::Viaduct => api_choreography(t, &serve, &sock, &image),
             DiskBackend::QemuStorageDaemon => format!(
                 r#"RUST_LOG=info {L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/bz --initramfs {L1_GUEST_DIR}/l2.cpio \
   --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG={t}' --cpus 2 --memory 256M \
@@ -243,17 +257,31 @@ pub const IDLE_SECS: u32 = 5;
 /// the L2 console goes through `tee` so L1 can wait for L2's phases, and
 /// L1 answers each phase with a "go" line on viaduct's serial input.
 ///
-/// 1. L2 sent 16 MiB over TCP and idles: L1 records `/vm/info`, kills
-///    the blk daemon (SIGKILL), starts it again and waits for viaduct to
-///    reconnect; L2 then writes and reads its disk again.
+/// 1. L2 sent 16 MiB over TCP and runs its write-verify load: L1 records
+///    `/vm/info`, then [`BLK_KILLS`] times SIGKILLs the blk daemon at a
+///    random moment, starts it again and waits for viaduct to reconnect;
+///    when the load is done, L1 checks every block L2 was told it wrote
+///    in the image file, and sums the requests the daemons resubmitted.
 /// 2. L2 noted its uptime: L1 pauses the VM for [`PAUSE_SECS`], checks
 ///    the state is `paused`, resumes; L2 reports how much time it saw pass.
 /// 3. L2 idles: L1 counts exits for [`IDLE_SECS`], records `/vm/info`
 ///    and ends the VMM with `viaduct ctl shutdown`.
-fn api_choreography(t: &str, serve: &str, sock: &str) -> String {
+fn api_choreography(t: &str, serve: &str, sock: &str, image: &str) -> String {
+    let block = restart_load::BLOCK;
     format!(
         r#"wait_l2() {{ for i in $(seq 600); do grep -q "$1" /tmp/l2.out 2>/dev/null && return 0; sleep 0.5; done; result {t}_timeout="$1"; return 1; }}
 ctl() {{ {L1_BIN_DIR}/viaduct ctl --api-socket /tmp/vm.api "$@"; }}
+# Waits (up to ~2 s) until daemon $1's in-flight region shows a request
+# taken and not returned: a 16-byte descriptor state whose first byte, the
+# in-flight flag, is 1 (queue headers start with the zero features word).
+aim() {{
+  f=""; for x in /proc/$1/fd/*; do case "$(readlink $x)" in *viaduct-inflight*) f=$x;; esac; done
+  [ -n "$f" ] || return 1
+  for i in $(seq 300); do
+    hexdump -v -e '16/1 "%02x " "\n"' $f 2>/dev/null | grep -q '^01 ' && return 0
+  done
+  return 1
+}}
 total_exits() {{ ctl info | grep -o '"total":[0-9]*' | cut -d: -f2; }}
 # busybox nc quits when its stdin ends: hold it open with a FIFO.
 mkfifo /tmp/hold; sleep 600 > /tmp/hold & HOLD=$!
@@ -266,16 +294,42 @@ rm -f /tmp/l2in; mkfifo /tmp/l2in
   --api-socket /tmp/vm.api < /tmp/l2in; echo $? > /tmp/vexit ) | tee /tmp/l2.out &
 V=$!
 exec 3> /tmp/l2in
-if wait_l2 {t}_phase=idle; then
+if wait_l2 {t}_phase=load; then
   for i in $(seq 20); do kill -0 $NC 2>/dev/null || break; sleep 0.5; done
   kill $NC 2>/dev/null
   result {t}_tcp_rx_md5=$(md5sum < /tmp/tcp.rx | cut -d' ' -f1) {t}_tcp_rx_bytes=$(wc -c < /tmp/tcp.rx)
   result {t}_info_idle=$(ctl info)
-  kill -9 $D; wait $D 2>/dev/null
-  {serve} </dev/null >/tmp/{t}-daemon2.log 2>&1 &
-  D=$!
-  for i in $(seq 150); do ctl info | grep -q '"reconnects":1' && break; sleep 0.2; done
+  kills=0; aimed=0
+  for k in $(seq {BLK_KILLS}); do
+    usleep $(( (${{RANDOM:-500}} % 800 + 200) * 1000 ))
+    grep -q "{t}_phase=loaded" /tmp/l2.out && break
+    aim $D && aimed=$((aimed + 1))
+    kill -9 $D; wait $D 2>/dev/null
+    usleep $(( ${{RANDOM:-100}} % 300 * 1000 ))
+    {serve} </dev/null >/tmp/{t}-daemon-k$k.log 2>&1 &
+    D=$!
+    for i in $(seq 150); do ctl info | grep -Eq "\"reconnects\":$k[,}}]" && break; sleep 0.1; done
+    kills=$k
+  done
+  result {t}_rl_kills=$kills {t}_rl_aimed=$aimed
   result {t}_info_reconnected=$(ctl info)
+  result {t}_rl_resubmitted=$(cat /tmp/{t}-daemon-k*.log | grep -o 'resubmit=[0-9]*' | cut -d= -f2 | awk '{{s+=$1}} END {{print s+0}}')
+  wait_l2 {t}_phase=loaded
+  ok=1; checked=0; w=0
+  while [ $w -lt {WORKERS} ]; do
+    n=$(sed -n "s/.*{t}_rl_iterations_$w=\([0-9]*\).*/\1/p" /tmp/l2.out | tail -n 1)
+    k=0
+    while [ $k -lt {PER_WORKER} ] && [ $k -lt ${{n:-0}} ]; do
+      last=$(( k + (n - 1 - k) / {PER_WORKER} * {PER_WORKER} ))
+      b=$(( 1 + w * {PER_WORKER} + k ))
+      want=$(yes "viaduct-$w-$last" | head -c {block} | md5sum | cut -d' ' -f1)
+      got=$(dd if={image} bs={block} skip=$b count=1 2>/dev/null | md5sum | cut -d' ' -f1)
+      if [ "$want" = "$got" ]; then checked=$((checked + 1)); else ok=0; result {t}_rl_bad_block=$b; fi
+      k=$((k + 1))
+    done
+    w=$((w + 1))
+  done
+  result {t}_rl_image=$ok {t}_rl_blocks_checked=$checked
   nc -l -p 5001 < /tmp/hold > /tmp/tcp2.rx &
   NC=$!
   echo go >&3
@@ -287,7 +341,8 @@ if wait_l2 {t}_phase=net; then
   kill -9 $N; wait $N 2>/dev/null
   {NET_DAEMON} </dev/null >/tmp/net-daemon2.log 2>&1 &
   N=$!
-  for i in $(seq 150); do [ "$(ctl info | grep -o '"reconnects":1' | wc -l)" = 2 ] && break; sleep 0.2; done
+  want=1; [ "$kills" = 1 ] && want=2
+  for i in $(seq 150); do [ "$(ctl info | grep -Eo '"reconnects":1[,}}]' | wc -l)" = $want ] && break; sleep 0.2; done
   for i in $(seq 480); do kill -0 $NC 2>/dev/null || break; sleep 0.5; done
   result {t}_tcp2_after_kill_secs=$(echo "$k0 $(cut -d' ' -f1 /proc/uptime)" | awk '{{printf "%.2f", $2-$1}}')
   kill $NC 2>/dev/null
@@ -316,7 +371,7 @@ wait $V
 kill $HOLD 2>/dev/null
 result {t}_exit=$(cat /tmp/vexit)
 exec 3>&-
-tail -n 20 /tmp/{t}-daemon2.log | sed 's/^/[{t}-daemon-restarted] /'
+tail -n 20 /tmp/{t}-daemon-k{BLK_KILLS}.log | sed 's/^/[{t}-daemon-restarted] /'
 tail -n 20 /tmp/net-daemon2.log | sed 's/^/[net-daemon-restarted] /'
 "#
     )
@@ -373,13 +428,13 @@ pub fn logged_rss_kib(console: &Console) -> Vec<u64> {
         .collect()
 }
 
-/// Writes the L2 initramfs (busybox, virtio_blk, virtio_net, [`L2_SCENARIO`]).
+/// Writes the L2 initramfs (busybox, virtio_blk, virtio_net, [`l2_scenario`]).
 pub fn l2_initramfs(kernel: &GuestKernel, work: &Path) -> Result<PathBuf, SelfTestError> {
     let tree = ModuleTree::open(&kernel.modules)?;
     let mut l2 = Initramfs::new();
     l2.busybox()?
         .modules(&tree, &["virtio_blk", "virtio_net"])?
-        .scenario(L2_SCENARIO);
+        .scenario(&l2_scenario());
     let path = work.join("l2.cpio");
     l2.write(&path)?;
     Ok(path)
@@ -617,16 +672,28 @@ fn check_api_choreography(c: &Console, t: &str) -> Result<Vec<String>, SelfTestE
             || format!("{id} in /vm/info is not a connected, running {kind} device: {d}"),
         )?;
     }
+    c.expect(&k("rl_kills"), &BLK_KILLS.to_string())?;
     let again = info_json(c, &k("info_reconnected"))?;
     let disk = device(&again, "disk0")?;
-    check(disk["reconnects"] == 1 && disk["connected"] == true, || {
-        format!(
-            "viaduct did not reconnect to the restarted blk daemon: {disk}\n{}",
-            c.tail(60)
-        )
-    })?;
-    c.expect(&k("restart_write"), "ok")?;
-    c.expect(&k("restart_md5"), &c.get(&k("restart_want"))?)?;
+    check(
+        disk["reconnects"] == BLK_KILLS && disk["connected"] == true,
+        || {
+            format!(
+                "viaduct did not reconnect to every restarted blk daemon: {disk}\n{}",
+                c.tail(60)
+            )
+        },
+    )?;
+    c.expect(&k("rl_io_errors"), "0")?;
+    c.expect(&k("rl_verify_failures"), "0")?;
+    c.expect(&k("rl_kernel_io_errors"), "0")?;
+    c.expect(&k("rl_image"), "1")?;
+    let iterations: Vec<String> = (0..WORKERS)
+        .map(|w| c.get(&k(&format!("rl_iterations_{w}"))))
+        .collect::<Result<_, _>>()?;
+    let blocks = c.get(&k("rl_blocks_checked"))?;
+    let resubmitted = c.get(&k("rl_resubmitted"))?;
+    let aimed = c.get(&k("rl_aimed"))?;
     c.expect(&k("net_restart_rx_bytes"), &(16u64 << 20).to_string())?;
     c.expect(&k("net_restart_rx_md5"), &c.get(&k("net_restart_md5"))?)?;
     c.expect(&k("net_restart_sent"), "0")?;
@@ -674,16 +741,25 @@ fn check_api_choreography(c: &Console, t: &str) -> Result<Vec<String>, SelfTestE
     })?;
     Ok(vec![
         "L2 sent 16 MiB over TCP to L1 through vhost-user-net, md5 intact".into(),
-        "the blk daemon was SIGKILLed while L2 idled and started again: viaduct reconnected (reconnects=1) and L2 wrote and read 1 MiB on the same disk".into(),
+        format!(
+            "the blk daemon was SIGKILLed {BLK_KILLS} times at random moments under {WORKERS} parallel write-verify writers in L2 (iterations {}; {aimed} kills aimed at a moment the in-flight region showed requests in flight) and started again each time: viaduct reconnected every time and handed over the in-flight region; {resubmitted} requests resubmitted; no I/O error, no verify failure, {blocks} blocks found in the image as L2 last wrote them",
+            iterations.join("/")
+        ),
         format!(
             "the net daemon was SIGKILLed during a 16 MiB TCP transfer from L2 and started again (TAP re-created with the same MAC): viaduct reconnected and the transfer completed, md5 intact, {recovery}s after the kill; a fresh 16 MiB connection then took {}s (before the restart: {}s)",
             c.get(&k("tcp3_secs"))?,
             c.get(&k("tcp1_secs"))?
         ),
-        format!("PUT /vm/pause: state paused for {l1:.1}s of L1 time, L2 saw {guest:.2}s pass (its clock held); resume went on"),
+        format!(
+            "PUT /vm/pause: state paused for {l1:.1}s of L1 time, L2 saw {guest:.2}s pass (its clock held); resume went on"
+        ),
         format!(
             "VMM exits over the whole run: total {} (pio {}, mmio {}, other {}); doorbell exits {}; idle guest: {:.1} exits/s",
-            exits["total"], exits["pio"], exits["mmio"], exits["other"], notify.join(" "),
+            exits["total"],
+            exits["pio"],
+            exits["mmio"],
+            exits["other"],
+            notify.join(" "),
             idle_exits as f64 / f64::from(IDLE_SECS)
         ),
         "PUT /vm/shutdown ended viaduct with status 0".into(),

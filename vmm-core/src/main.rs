@@ -35,8 +35,8 @@ use vmm_core::seccomp::SeccompMode;
 ///   viaduct ctl --api-socket /run/vm0.api info     # also: pause, resume, shutdown
 ///
 /// A daemon that dies can be started again on the same socket: viaduct
-/// reconnects and the guest's device goes on (requests in flight at the
-/// crash are lost until in-flight tracking lands).
+/// reconnects and the guest's device goes on; with vhost-user-blk, requests
+/// in flight at the crash are resubmitted (INFLIGHT_SHMFD).
 ///
 ///   viaduct check-kvm      # open /dev/kvm, create a VM and a vCPU, list capabilities
 ///   viaduct sriov list     # SR-IOV PFs and VFs; see `viaduct sriov --help`

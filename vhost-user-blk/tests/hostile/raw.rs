@@ -861,7 +861,7 @@ pub fn scenarios() -> Vec<Scenario> {
             add_mem_reg_without_slots,
         ),
         s(
-            "GET_INFLIGHT_FD (not offered)",
+            "GET_INFLIGHT_FD (not negotiated)",
             Rejected,
             inflight_fd_unsupported,
         ),

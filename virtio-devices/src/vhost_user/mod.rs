@@ -8,17 +8,22 @@
 //! When the backend dies the device keeps what it started (features,
 //! rings, the very eventfds KVM uses) and [`VhostUserDevice::reconnect`]
 //! gives all of it to the backend that comes back on the same socket,
-//! resuming each ring at the used index found in guest memory. Requests
-//! the dead backend had taken but not completed are lost: without
-//! in-flight tracking nobody knows them.
+//! resuming each ring at the used index found in guest memory. With a
+//! backend that offers INFLIGHT_SHMFD (ours for block), the device asks for
+//! the in-flight region when the driver starts the device
+//! (GET_INFLIGHT_FD), hands it over (SET_INFLIGHT_FD) then and at every
+//! reconnect, and drops it at driver reset, as QEMU does: the restarted
+//! backend resubmits the requests its predecessor had taken but not
+//! completed. Without it, those requests are lost.
 
 pub mod features;
 pub mod rings;
 
+use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use vhost::vhost_user::message::VhostUserConfigFlags;
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserInflight};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -82,6 +87,7 @@ pub struct BackendInfo {
 struct Session {
     frontend: Frontend,
     backend_features: u64,
+    protocol: VhostUserProtocolFeatures,
 }
 
 fn handshake(socket: &Path, kind: &DeviceKind) -> Result<Session, VhostUserError> {
@@ -101,7 +107,9 @@ fn handshake(socket: &Path, kind: &DeviceKind) -> Result<Session, VhostUserError
         return Err(VhostUserError::NoConfig);
     }
     // Only what we implement (see the traps in shared/crates.md).
-    let wanted = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ;
+    let wanted = VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::INFLIGHT_SHMFD;
     let proto = offered_proto & wanted;
     fe.set_protocol_features(proto)
         .map_err(req("SET_PROTOCOL_FEATURES"))?;
@@ -120,6 +128,7 @@ fn handshake(socket: &Path, kind: &DeviceKind) -> Result<Session, VhostUserError
     Ok(Session {
         frontend: fe,
         backend_features,
+        protocol: proto,
     })
 }
 
@@ -194,6 +203,10 @@ pub struct VhostUserDevice {
     /// Given to the backend for every ring (SET_VRING_ERR); the VMM's
     /// event loop turns a signal into NEEDS_RESET.
     error: EventFd,
+    /// Protocol features the current backend agreed to.
+    protocol: VhostUserProtocolFeatures,
+    /// The in-flight region (INFLIGHT_SHMFD) while the driver runs.
+    inflight: Option<(VhostUserInflight, File)>,
 }
 
 impl VhostUserDevice {
@@ -224,7 +237,56 @@ impl VhostUserDevice {
             connected: true,
             reconnects: 0,
             error: EventFd::new(EFD_NONBLOCK).map_err(VhostUserError::DupEventFd)?,
+            protocol: s.protocol,
+            inflight: None,
         })
+    }
+
+    /// Gets the in-flight region if there is none yet and hands it to the
+    /// backend. A backend without INFLIGHT_SHMFD, or one that gives no
+    /// region, runs without (requests in flight at a crash are lost).
+    fn share_inflight(&mut self) -> Result<(), VhostUserError> {
+        if !self
+            .protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+        {
+            if self.inflight.is_some() {
+                log::warn!(
+                    "event=inflight_unsupported socket={} detail=\"restarted backend lacks INFLIGHT_SHMFD\"",
+                    self.socket.display()
+                );
+            }
+            return Ok(());
+        }
+        if self.inflight.is_none() {
+            let ask = VhostUserInflight {
+                mmap_size: 0,
+                mmap_offset: 0,
+                num_queues: self.kind.num_queues(),
+                queue_size: self.queue_size,
+            };
+            match self.frontend.get_inflight_fd(&ask) {
+                Ok(region) => self.inflight = Some(region),
+                Err(e) => {
+                    log::warn!(
+                        "event=inflight_unavailable socket={} error=\"{e}\"",
+                        self.socket.display()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        if let Some((info, file)) = &self.inflight {
+            self.frontend
+                .set_inflight_fd(info, file.as_raw_fd())
+                .map_err(|e| VhostUserError::Request("SET_INFLIGHT_FD", e))?;
+            log::info!(
+                "event=inflight_shared socket={} bytes={}",
+                self.socket.display(),
+                info.mmap_size
+            );
+        }
+        Ok(())
     }
 
     /// Readable when the backend reported a broken ring.
@@ -267,7 +329,9 @@ impl VhostUserDevice {
         }
         self.frontend = s.frontend;
         self.backend_features = s.backend_features;
+        self.protocol = s.protocol;
         if let Some(acked) = self.acked {
+            self.share_inflight()?;
             self.frontend
                 .set_features(acked)
                 .map_err(|e| VhostUserError::Request("SET_FEATURES", e))?;
@@ -333,6 +397,7 @@ impl VhostUserDevice {
 
     fn start(&mut self, features: u64, queues: &[QueueConfig]) -> Result<(), VhostUserError> {
         let acked = (features & self.backend_features) | VHOST_USER_F_PROTOCOL_FEATURES;
+        self.share_inflight()?;
         self.frontend
             .set_features(acked)
             .map_err(|e| VhostUserError::Request("SET_FEATURES", e))?;
@@ -417,6 +482,9 @@ impl VirtioDevice for VhostUserDevice {
 
     fn reset(&mut self) {
         self.acked = None;
+        // The rings are stopped below with nothing in flight; the next
+        // start gets a fresh region, as QEMU does.
+        self.inflight = None;
         for q in std::mem::take(&mut self.saved) {
             if !self.connected {
                 continue;
