@@ -5,7 +5,8 @@
 //! NVMe controller passed to one L2 guest that pings the host's responder
 //! through the PF and writes a pattern to the NVMe namespace that the host
 //! then finds in the image file, (c) next to a vhost-user-blk disk served
-//! by our daemon inside L1.
+//! by our daemon inside L1; (d) the PF again with `msix=off`: igb falls
+//! back to MSI, which the VMM emulates, and pings the host.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -75,6 +76,19 @@ pf)
   echo 3 > /proc/sys/vm/drop_caches
   result pf_vda_read_md5=$(dd if=/dev/vda bs=1M skip=4 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
   ;;
+msi)
+  E=$(netif)
+  result msi_igb=$(ls /sys/bus/pci/drivers/igb 2>/dev/null | grep -c ':')
+  ip link set $E up
+  ip addr add 10.0.2.21/24 dev $E
+  for i in $(seq 100); do [ "$(cat /sys/class/net/$E/carrier 2>/dev/null)" = 1 ] && break; sleep 0.1; done
+  n=$(ping -c 5 -i 0.2 -W 2 10.0.2.2 2>/dev/null | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+  result msi_ping=${n:-0}
+  grep -E 'MSI' /proc/interrupts
+  result msi_msi_eth=$(grep 'PCI-MSI-' /proc/interrupts | grep -c "$E")
+  result msi_msix_eth=$(grep 'PCI-MSIX' /proc/interrupts | grep -c "$E")
+  result msi_irqs=$(grep 'PCI-MSI-' /proc/interrupts | grep "$E" | awk '{print $2}')
+  ;;
 esac
 "#;
 
@@ -131,6 +145,9 @@ result ctx_all=$(echo "$S0 $S1" | awk '{print $3-$1}') ctx_main=$(echo "$S0 $S1"
 kill $D; wait $D 2>/dev/null
 tail -n 5 /tmp/blk.log | sed 's/^/[blk] /'
 result vda_landed_md5=$(dd if=/tmp/vda.raw bs=1M skip=4 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
+# (d): MSI-X hidden, the guest's igb uses MSI.
+boot msi --device vfio=$PFBDF,msix=off </dev/null 2>&1 | tee /tmp/msi.out; result msi_exit=$?
+grep -q "MSI 1 vectors in the device" /tmp/msi.out && result msi_vmm=ok || result msi_vmm=missing
 result pf_driver_after=$(basename $(readlink $PF/driver)) nvme_driver_after=$(basename $(readlink $NV/driver))
 "#;
 
@@ -252,6 +269,19 @@ fn vf_and_pf_nvme_passthrough_in_test_host_b() {
     expect("pf_driver_after", "vfio-pci");
     expect("nvme_driver_after", "vfio-pci");
 
+    // (d): MSI instead of MSI-X.
+    expect("msi_exit", "0");
+    expect("msi_igb", "1");
+    expect("msi_vmm", "ok");
+    expect("msi_msix_eth", "0");
+    let msi_vectors: u32 = get("msi_msi_eth").parse().unwrap_or(0);
+    let msi_replies: u32 = get("msi_ping").parse().unwrap_or(0);
+    assert!(
+        msi_vectors == 1 && msi_replies > 0,
+        "igb with MSI-X hidden: {msi_vectors} MSI vectors, {msi_replies} echo replies\n{}",
+        c.tail(60)
+    );
+
     let secs = |k: &str| get(k).parse::<f64>().unwrap_or(f64::NAN);
     let macs: Vec<String> = stats
         .frames_by_mac
@@ -283,6 +313,10 @@ fn vf_and_pf_nvme_passthrough_in_test_host_b() {
         64.0 / secs("pf_nvme_w64_secs"),
         secs("pf_nvme_r64_secs"),
         64.0 / secs("pf_nvme_r64_secs")
+    );
+    eprintln!(
+        "  - PF with msix=off: igb on MSI ({msi_vectors} vector, {} interrupts), {msi_replies}/5 echo replies",
+        get("msi_irqs")
     );
     eprintln!(
         "  - VMM voluntary context switches during ping+NVMe traffic: all threads {}, main thread {}",

@@ -4,12 +4,16 @@
 //! BARs and no option ROM, no INTx pin, the capability lists filtered
 //! (standard: PM, MSI, PCIe and MSI-X kept; extended: SR-IOV, ARI and
 //! resizable BAR hidden) and the MSI-X message control word virtualized
-//! (the VMM enables MSI-X through VFIO, not through the register). Every
+//! (the VMM enables MSI-X through VFIO, not through the register), the MSI
+//! capability's registers emulated ([`MsiRegs`]), and, on request, MSI-X
+//! hidden (the guest then uses MSI). Every
 //! other byte is forwarded to the device's config region with the exact
 //! offset and size. Pure: the device is reached through [`ConfigSpace`],
 //! so unit tests run on a fabricated configuration space.
 
 use virtio_devices::pci::BarRegion;
+
+use crate::msi_cap::{MsiCap, MsiRegs};
 
 /// Where the real configuration space is read and written (the VFIO
 /// config region in production, a byte array in tests).
@@ -123,6 +127,8 @@ pub struct WriteEffect {
     pub remap: bool,
     /// The guest-owned MSI-X control bits changed to this value.
     pub msix_control: Option<u16>,
+    /// The guest changed its MSI registers to these.
+    pub msi: Option<MsiRegs>,
 }
 
 /// The guest's view of one function's configuration space.
@@ -138,6 +144,7 @@ pub struct VirtualConfig {
     msix: Option<MsixLayout>,
     /// Device's message control (table size bits) with the guest's bits.
     msix_control: u16,
+    msi: Option<MsiRegs>,
     int_line: u8,
 }
 
@@ -157,6 +164,17 @@ impl VirtualConfig {
         bar_sizes: [u64; NUM_BARS],
         region_size: u64,
     ) -> Result<Self, ConfigError> {
+        Self::with_msix(dev, bar_sizes, region_size, true)
+    }
+
+    /// Like [`Self::new`]; with `keep_msix` false the MSI-X capability is
+    /// left out of the guest's list (the guest falls back to MSI).
+    pub fn with_msix(
+        dev: &dyn ConfigSpace,
+        bar_sizes: [u64; NUM_BARS],
+        region_size: u64,
+        keep_msix: bool,
+    ) -> Result<Self, ConfigError> {
         let size = if region_size >= EXT_SIZE as u64 {
             EXT_SIZE
         } else {
@@ -173,7 +191,7 @@ impl VirtualConfig {
             return Err(ConfigError::NotEndpoint(raw[HEADER_TYPE]));
         }
         let bars = Self::decode_bars(&raw, bar_sizes);
-        let (std_chain, first_cap, msix) = Self::filter_std_caps(&raw);
+        let (std_chain, first_cap, msix, msi) = Self::filter_std_caps(&raw, keep_msix);
         let has_pcie = std_chain
             .iter()
             .any(|(off, _)| raw.get(*off as usize) == Some(&CAP_PCIE));
@@ -211,6 +229,7 @@ impl VirtualConfig {
             size,
             msix,
             msix_control,
+            msi: msi.map(MsiRegs::new),
             int_line: 0,
         })
     }
@@ -249,10 +268,15 @@ impl VirtualConfig {
         bars
     }
 
-    fn filter_std_caps(raw: &[u8]) -> (Vec<(u64, u8)>, u8, Option<MsixLayout>) {
+    #[allow(clippy::type_complexity)]
+    fn filter_std_caps(
+        raw: &[u8],
+        keep_msix: bool,
+    ) -> (Vec<(u64, u8)>, u8, Option<MsixLayout>, Option<MsiCap>) {
         let status = u16::from_le_bytes([raw[6], raw[7]]);
         let mut kept = Vec::new();
         let mut msix = None;
+        let mut msi = None;
         if status & 0x10 != 0 {
             let mut ptr = raw[CAP_PTR as usize] & 0xfc;
             let mut seen = Vec::new();
@@ -264,10 +288,17 @@ impl VirtualConfig {
                 seen.push(ptr);
                 let off = usize::from(ptr);
                 let id = raw[off];
-                if KEPT_CAPS.contains(&id) {
+                let hidden = id == CAP_MSIX && !keep_msix;
+                if id == CAP_MSI {
+                    // Kept only if its registers fit in the standard space.
+                    msi = MsiCap::parse(raw, off as u64);
+                    if msi.is_some() {
+                        kept.push(off as u64);
+                    }
+                } else if KEPT_CAPS.contains(&id) && !hidden {
                     kept.push(off as u64);
                 }
-                if id == CAP_MSIX && off + 12 <= STD_SIZE {
+                if id == CAP_MSIX && !hidden && off + 12 <= STD_SIZE {
                     let ctrl = u16::from_le_bytes([raw[off + 2], raw[off + 3]]);
                     let table = le32(raw, off + 4);
                     let pba = le32(raw, off + 8);
@@ -289,7 +320,7 @@ impl VirtualConfig {
             chain.push((*off, next));
         }
         let first = kept.first().map_or(0, |f| *f as u8);
-        (chain, first, msix)
+        (chain, first, msix, msi)
     }
 
     fn filter_ext_caps(raw: &[u8]) -> Vec<(u64, u32)> {
@@ -420,6 +451,9 @@ impl VirtualConfig {
                 return Some(byte_of(u32::from(self.msix_control), m.cap + 2));
             }
         }
+        if let Some(msi) = self.msi.as_ref().filter(|m| m.owns(off)) {
+            return Some(msi.read_byte(off));
+        }
         if let Some((base, h)) = self
             .ext_headers
             .iter()
@@ -474,6 +508,10 @@ impl VirtualConfig {
             if (BAR0..BAR_END).contains(&off) {
                 self.write_bar_byte(off, byte);
                 effect.remap = true;
+            } else if let Some(msi) = self.msi.as_mut().filter(|m| m.owns(off)) {
+                if msi.write_byte(off, byte) {
+                    effect.msi = Some(*msi);
+                }
             } else if off == INT_LINE {
                 self.int_line = byte;
             } else if let Some(m) = self.msix {
@@ -520,6 +558,11 @@ impl VirtualConfig {
     /// The MSI-X message control word the guest sees.
     pub fn msix_control(&self) -> u16 {
         self.msix_control
+    }
+
+    /// The MSI capability the guest sees, if the device has one.
+    pub fn msi(&self) -> Option<MsiRegs> {
+        self.msi
     }
 }
 
@@ -576,6 +619,7 @@ mod tests {
         b[0x4a] = 0xaa;
         b[0x50] = CAP_MSI;
         b[0x51] = 0x70;
+        b[0x52..0x54].copy_from_slice(&0x0180u16.to_le_bytes()); // 64-bit, maskable, 1 vector
         b[0x70] = CAP_MSIX;
         b[0x71] = 0xa0;
         b[0x72..0x74].copy_from_slice(&9u16.to_le_bytes()); // 10 vectors
@@ -665,6 +709,39 @@ mod tests {
         wr32(&mut c, &d, 0x30, u32::MAX);
         assert_eq!(rd(&c, &d, 0x1c, 4), 0);
         assert_eq!(rd(&c, &d, 0x30, 4), 0);
+    }
+
+    #[test]
+    fn msi_registers_are_emulated_and_msix_can_be_hidden() {
+        let (d, sizes) = fake();
+        let mut c = VirtualConfig::with_msix(&d, sizes, 4096, false).unwrap();
+        let mut chain = vec![];
+        let mut p = rd(&c, &d, 0x34, 1) as u64;
+        while p != 0 {
+            chain.push(rd(&c, &d, p, 1) as u8);
+            p = rd(&c, &d, p + 1, 1) as u64;
+        }
+        assert_eq!(chain, vec![CAP_PM, CAP_MSI, CAP_PCIE], "MSI-X hidden");
+        assert!(c.msix().is_none());
+        d.writes.borrow_mut().clear();
+        assert_eq!(
+            wr32(&mut c, &d, 0x54, 0xfee0_0000).msi.map(|m| m.enabled()),
+            Some(false)
+        );
+        wr32(&mut c, &d, 0x5c, 0x4041);
+        let effect = c.write(&d, 0x52, &[1, 0]);
+        let regs = effect.msi.expect("enable reported");
+        assert!(regs.enabled());
+        assert_eq!(regs.message(0).data, 0x4041);
+        assert_eq!(rd(&c, &d, 0x50, 4) >> 16, 0x0181);
+        assert_eq!(rd(&c, &d, 0x54, 4), 0xfee0_0000);
+        assert!(
+            d.writes.borrow().is_empty(),
+            "MSI registers reached the device"
+        );
+        // With MSI-X kept, both are in the list and MSI is still emulated.
+        let c = VirtualConfig::new(&d, sizes, 4096).unwrap();
+        assert!(c.msix().is_some() && c.msi().is_some());
     }
 
     #[test]

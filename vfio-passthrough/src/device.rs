@@ -1,8 +1,9 @@
 //! A passed-through PCI function as the VMM's bus sees it: configuration
 //! space through [`VirtualConfig`], BARs mapped into the guest where the
 //! region allows it ([`BarMaps`]), MSI-X table and PBA emulated
-//! ([`MsixInterrupts`]), and every other BAR access forwarded to the VFIO
-//! region with the guest's exact offset and size.
+//! ([`MsixInterrupts`]), MSI emulated ([`MsiInterrupts`]), and every other
+//! BAR access forwarded to the VFIO region with the guest's exact offset
+//! and size.
 
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::bars::{Area, BarMaps, SlotAllocator, mappable_areas};
 use crate::config::{COMMAND, ConfigError, ConfigSpace, MsixLayout, VirtualConfig};
 use crate::interrupts::{MsixBackend, MsixInterrupts};
+use crate::msi::{MsiBackend, MsiInterrupts};
 use crate::reset;
 
 /// Why a device model could not be built.
@@ -25,6 +27,8 @@ pub enum DeviceError {
     Config(String, #[source] ConfigError),
     #[error("{0}: cannot create MSI-X routes")]
     Routes(String, #[source] std::io::Error),
+    #[error("{0}: cannot create MSI routes")]
+    MsiRoutes(String, #[source] std::io::Error),
 }
 
 const PAGE: u64 = 4096;
@@ -55,6 +59,18 @@ impl MsixBackend for VfioMsix {
     }
     fn disable_msix(&self) -> std::io::Result<()> {
         self.0.disable_msix().map_err(std::io::Error::other)
+    }
+}
+
+/// MSI on and off through VFIO_DEVICE_SET_IRQS.
+struct VfioMsi(Arc<VfioDevice>);
+
+impl MsiBackend for VfioMsi {
+    fn enable_msi(&self, fds: Vec<&EventFd>) -> std::io::Result<()> {
+        self.0.enable_msi(fds).map_err(std::io::Error::other)
+    }
+    fn disable_msi(&self) -> std::io::Result<()> {
+        self.0.disable_msi().map_err(std::io::Error::other)
     }
 }
 
@@ -91,6 +107,7 @@ pub struct VfioPciDevice {
     dev: Arc<VfioDevice>,
     config: VirtualConfig,
     msix: Option<MsixInterrupts>,
+    msi: Option<MsiInterrupts>,
     bar_sizes: [u64; 6],
     /// Counters an operator can read in the log at shutdown.
     trapped_reads: u64,
@@ -98,21 +115,23 @@ pub struct VfioPciDevice {
 }
 
 impl VfioPciDevice {
-    /// Builds the model of an opened (and reset) device. `routes` gives the
-    /// MSI routes for a number of vectors.
+    /// Builds the model of an opened (and reset) device. `routes` gives
+    /// MSI routes for a number of vectors (called for MSI-X and for MSI);
+    /// `keep_msix` false hides MSI-X from the guest.
     pub fn new(
         name: &str,
         dev: Arc<VfioDevice>,
         vm: Arc<VmFd>,
         slots: Arc<Mutex<SlotAllocator>>,
-        routes: impl FnOnce(u16) -> std::io::Result<Box<dyn MsiRoutes>>,
+        keep_msix: bool,
+        mut routes: impl FnMut(u16) -> std::io::Result<Box<dyn MsiRoutes>>,
     ) -> Result<Self, DeviceError> {
         let mut bar_sizes = [0u64; 6];
         for (i, s) in bar_sizes.iter_mut().enumerate() {
             *s = dev.get_region_size(i as u32);
         }
         let cfg_size = dev.get_region_size(VFIO_PCI_CONFIG_REGION_INDEX);
-        let config = VirtualConfig::new(&ConfigRegion(&dev), bar_sizes, cfg_size)
+        let config = VirtualConfig::with_msix(&ConfigRegion(&dev), bar_sizes, cfg_size, keep_msix)
             .map_err(|e| DeviceError::Config(name.into(), e))?;
         let layout = config.msix();
         let mut maps = BarMaps::new(vm, slots);
@@ -169,16 +188,33 @@ impl VfioPciDevice {
                     Box::new(VfioMsix(dev.clone())),
                 ))
             }
-            None => {
-                log::warn!("{name}: no MSI-X capability; the guest gets no interrupts from it");
-                None
-            }
+            None => None,
         };
+        let msi = match config.msi() {
+            Some(regs) => {
+                let r = routes(regs.cap.max_vectors())
+                    .map_err(|e| DeviceError::MsiRoutes(name.into(), e))?;
+                Some(MsiInterrupts::new(r, Box::new(VfioMsi(dev.clone()))))
+            }
+            None => None,
+        };
+        if msix.is_none() && msi.is_none() {
+            log::warn!("{name}: neither MSI-X nor MSI; the guest gets no interrupts from it");
+        }
+        log::info!(
+            "{name}: interrupts to the guest: MSI-X {}, MSI {}",
+            layout.map_or("none".to_string(), |m| format!("{} vectors", m.vectors)),
+            config.msi().map_or("none".to_string(), |m| format!(
+                "{} vectors",
+                m.cap.max_vectors()
+            ))
+        );
         Ok(Self {
             name: name.into(),
             dev,
             config,
             msix,
+            msi,
             maps,
             bar_sizes,
             trapped_reads: 0,
@@ -232,6 +268,11 @@ impl VfioPciDevice {
                 log::warn!("{}: {e}", self.name);
             }
         }
+        if let Some(m) = &mut self.msi {
+            if let Err(e) = m.shutdown() {
+                log::warn!("{}: {e}", self.name);
+            }
+        }
         if let Err(e) = self.maps.reconcile(&[]) {
             log::warn!("{}: {e}", self.name);
         }
@@ -263,6 +304,18 @@ impl PciDevice for VfioPciDevice {
         if let (Some(ctrl), Some(m)) = (effect.msix_control, &mut self.msix) {
             if let Err(e) = m.set_control(ctrl) {
                 log::warn!("{}: MSI-X control {ctrl:#x}: {e}", self.name);
+            }
+        }
+        if let (Some(regs), Some(m)) = (effect.msi, &mut self.msi) {
+            let before = m.device_vectors();
+            match m.apply(&regs) {
+                Ok(()) if m.device_vectors() != before => log::info!(
+                    "{}: MSI {} vectors in the device",
+                    self.name,
+                    m.device_vectors()
+                ),
+                Ok(()) => {}
+                Err(e) => log::warn!("{}: MSI: {e}", self.name),
             }
         }
     }

@@ -6,7 +6,8 @@
 //!   [`session`] (container, DMA, open/reset/shutdown), [`device`] (the
 //!   PCI function the VMM's bus drives), [`config`] (config-space
 //!   virtualization), [`bars`] (BARs as KVM memory slots),
-//!   [`interrupts`] (MSI-X to irqfd), [`dma`], [`reset`], [`vf`] (mac/vlan).
+//!   [`interrupts`] (MSI-X to irqfd), [`msi_cap`] and [`msi`] (MSI), [`dma`],
+//!   [`reset`], [`vf`] (mac/vlan).
 
 pub mod bars;
 pub mod config;
@@ -14,6 +15,8 @@ pub mod device;
 pub mod dma;
 pub mod group;
 pub mod interrupts;
+pub mod msi;
+pub mod msi_cap;
 pub mod reset;
 pub mod session;
 pub mod sriov;

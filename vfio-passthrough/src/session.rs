@@ -51,6 +51,9 @@ pub struct DeviceSpec {
     pub bdf: String,
     pub mac: Option<[u8; 6]>,
     pub vlan: Option<u16>,
+    /// Show the device's MSI-X capability to the guest (default); without
+    /// it the guest uses MSI.
+    pub msix: bool,
 }
 
 /// The passthrough devices of one VM.
@@ -104,7 +107,7 @@ impl VfioSession {
     pub fn open(
         &mut self,
         spec: &DeviceSpec,
-        routes: impl FnOnce(u16) -> std::io::Result<Box<dyn MsiRoutes>>,
+        routes: impl FnMut(u16) -> std::io::Result<Box<dyn MsiRoutes>>,
     ) -> Result<Arc<Mutex<VfioPciDevice>>, SessionError> {
         let checked = group::check(Path::new("/sys"), Path::new("/dev/vfio"), &spec.bdf)?;
         let bdf = checked.bdf.clone();
@@ -140,7 +143,14 @@ impl VfioSession {
                 self.ram.len()
             );
         }
-        let model = VfioPciDevice::new(&bdf, dev, self.vm.clone(), self.slots.clone(), routes)?;
+        let model = VfioPciDevice::new(
+            &bdf,
+            dev,
+            self.vm.clone(),
+            self.slots.clone(),
+            spec.msix,
+            routes,
+        )?;
         let model = Arc::new(Mutex::new(model));
         self.devices.push(model.clone());
         Ok(model)

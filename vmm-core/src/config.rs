@@ -76,7 +76,7 @@ pub struct VmConfig {
     pub memory: MemoryConfig,
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
-    /// `--device vfio=BDF[,mac=MAC][,vlan=ID]` passthrough functions.
+    /// `--device vfio=BDF[,mac=MAC][,vlan=ID][,msix=off]` passthrough functions.
     pub vfio: Vec<vfio_passthrough::session::DeviceSpec>,
     pub serial: SerialMode,
     pub api_socket: Option<PathBuf>,
@@ -211,7 +211,7 @@ pub fn parse_net(spec: &str) -> Result<NetConfig, ConfigError> {
     Ok(net)
 }
 
-/// Parses `--device vfio=BDF[,mac=MAC][,vlan=ID]`.
+/// Parses `--device vfio=BDF[,mac=MAC][,vlan=ID][,msix=off]`.
 pub fn parse_device(spec: &str) -> Result<vfio_passthrough::session::DeviceSpec, ConfigError> {
     let derr = |why: String| ConfigError::Device {
         what: "--device",
@@ -222,6 +222,7 @@ pub fn parse_device(spec: &str) -> Result<vfio_passthrough::session::DeviceSpec,
         bdf: String::new(),
         mac: None,
         vlan: None,
+        msix: true,
     };
     for (k, v) in pairs(spec).map_err(derr)? {
         match k {
@@ -236,6 +237,11 @@ pub fn parse_device(spec: &str) -> Result<vfio_passthrough::session::DeviceSpec,
             "vlan" => match v.parse::<u16>() {
                 Ok(id) if id < 4095 => dev.vlan = Some(id),
                 _ => return Err(derr(format!("vlan={v} is not a VLAN id (0-4094)"))),
+            },
+            "msix" => match v {
+                "on" => dev.msix = true,
+                "off" => dev.msix = false,
+                _ => return Err(derr(format!("msix={v}: use on or off"))),
             },
             _ => return Err(derr(format!("unknown option `{k}`"))),
         }
@@ -365,6 +371,9 @@ mod tests {
     #[test]
     fn vfio_devices() {
         let d = parse_device("vfio=0000:01:10.0,mac=02:00:00:00:0a:01,vlan=100").unwrap();
+        assert!(d.msix);
+        assert!(!parse_device("vfio=01:00.0,msix=off").unwrap().msix);
+        assert!(parse_device("vfio=01:00.0,msix=no").is_err());
         assert_eq!(d.bdf, "0000:01:10.0");
         assert_eq!(d.mac, Some([2, 0, 0, 0, 0x0a, 1]));
         assert_eq!(d.vlan, Some(100));

@@ -71,8 +71,9 @@ struct Cli {
     /// A vhost-user-net NIC: socket=PATH[,mac=MAC][,num_queue_pairs=N][,queue_size=N]. Repeatable.
     #[arg(long, value_name = "socket=PATH,...")]
     net: Vec<String>,
-    /// A passed-through PCI function bound to vfio-pci: vfio=BDF[,mac=MAC][,vlan=ID].
-    /// mac=/vlan= (VFs only) are set on the PF before the guest boots. Repeatable.
+    /// A passed-through PCI function bound to vfio-pci: vfio=BDF[,mac=MAC][,vlan=ID][,msix=off].
+    /// mac=/vlan= (VFs only) are set on the PF before the guest boots; msix=off hides
+    /// MSI-X so the guest uses the device's MSI. Repeatable.
     #[arg(long, value_name = "vfio=BDF,...")]
     device: Vec<String>,
     /// Serial console: stdio, file=PATH or off.

@@ -78,7 +78,8 @@ impl Passthrough {
             let vmfd = vm.fd.clone();
             let routing = routing.clone();
             let routes = move |n: u16| -> std::io::Result<Box<dyn MsiRoutes>> {
-                let r = KvmMsiRoutes::new(vmfd, routing, n).map_err(std::io::Error::other)?;
+                let r = KvmMsiRoutes::new(vmfd.clone(), routing.clone(), n)
+                    .map_err(std::io::Error::other)?;
                 Ok(Box::new(r))
             };
             let dev = session
