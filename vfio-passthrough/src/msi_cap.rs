@@ -43,11 +43,11 @@ impl MsiCap {
             mmc: ((ctrl >> 1) & 7).min(5) as u8,
         };
         // The whole structure must fit in the standard space.
-        (off + c.len() as usize <= 256).then_some(c)
+        (off + c.size() as usize <= 256).then_some(c)
     }
 
     /// Bytes of the capability, header included.
-    pub fn len(&self) -> u64 {
+    pub fn size(&self) -> u64 {
         match (self.is64, self.maskable) {
             (false, false) => 0x0c,
             (true, false) => 0x10,
@@ -98,7 +98,7 @@ impl MsiRegs {
     /// Whether config offset `off` is one of the emulated registers (the
     /// id and next pointer belong to the capability chain).
     pub fn owns(&self, off: u64) -> bool {
-        off >= self.cap.cap + 2 && off < self.cap.cap + self.cap.len()
+        off >= self.cap.cap + 2 && off < self.cap.cap + self.cap.size()
     }
 
     fn control_word(&self) -> u16 {
@@ -213,10 +213,10 @@ mod tests {
     fn layouts_by_flags() {
         let c = MsiCap::parse(&raw_with(0x0180 | 3 << 1), 0x50).unwrap();
         assert!(c.is64 && c.maskable);
-        assert_eq!((c.mmc, c.len()), (3, 0x18));
+        assert_eq!((c.mmc, c.size()), (3, 0x18));
         let c = MsiCap::parse(&raw_with(0), 0x50).unwrap();
         assert_eq!(
-            (c.is64, c.maskable, c.mmc, c.len()),
+            (c.is64, c.maskable, c.mmc, c.size()),
             (false, false, 0, 0x0c)
         );
         // Does not fit below 256.
