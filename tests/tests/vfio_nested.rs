@@ -6,7 +6,9 @@
 //! through the PF and writes a pattern to the NVMe namespace that the host
 //! then finds in the image file, (c) next to a vhost-user-blk disk served
 //! by our daemon inside L1; (d) the PF again with `msix=off`: igb falls
-//! back to MSI, which the VMM emulates, and pings the host.
+//! back to MSI, which the VMM emulates, and pings the host; (e) the PF and
+//! the NVMe controller to a guest booted `pci=nomsi`: both run on INTx
+//! (resampling irqfds on the IOAPIC pins the DSDT's `_PRT` names).
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -89,6 +91,24 @@ msi)
   result msi_msix_eth=$(grep 'PCI-MSIX' /proc/interrupts | grep -c "$E")
   result msi_irqs=$(grep 'PCI-MSI-' /proc/interrupts | grep "$E" | awk '{print $2}')
   ;;
+intx)
+  E=$(netif)
+  ip link set $E up
+  ip addr add 10.0.2.22/24 dev $E
+  for i in $(seq 100); do [ "$(cat /sys/class/net/$E/carrier 2>/dev/null)" = 1 ] && break; sleep 0.1; done
+  n=$(ping -c 5 -i 0.2 -W 2 10.0.2.2 2>/dev/null | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+  result intx_ping=${n:-0}
+  yes VIADUCT-INTX-PATTERN | head -c 1048576 > /tmp/p
+  result intx_nvme_md5=$(md5sum < /tmp/p | cut -d' ' -f1)
+  dd if=/tmp/p of=/dev/nvme0n1 bs=1M seek=40 conv=fsync 2>/dev/null && result intx_nvme_write=ok || result intx_nvme_write=failed
+  echo 3 > /proc/sys/vm/drop_caches
+  result intx_nvme_read_md5=$(dd if=/dev/nvme0n1 bs=1M skip=40 count=1 2>/dev/null | md5sum | cut -d' ' -f1)
+  grep -E 'IO-APIC' /proc/interrupts
+  result intx_eth=$(grep 'IO-APIC' /proc/interrupts | grep -c "$E")
+  result intx_nvme=$(grep 'IO-APIC' /proc/interrupts | grep -c nvme)
+  result intx_msi=$(grep -c 'PCI-MSI' /proc/interrupts)
+  result intx_irqs=$(grep 'IO-APIC' /proc/interrupts | grep -e "$E" -e nvme | awk '{printf "%s%s", s, $2; s="/"}')
+  ;;
 esac
 "#;
 
@@ -97,7 +117,8 @@ const L1_SCENARIO: &str = r#"
 . /etc/viaduct/lib.sh
 V=@BIN@/viaduct
 G=@GUEST@
-boot() { t=$1; shift; RUST_LOG=info $V --kernel $G/bz --initramfs $G/l2.cpio --cmdline "console=ttyS0 reboot=k panic=-1 quiet L2TAG=$t" --cpus 1 --memory 256M "$@"; }
+XARGS=""
+boot() { t=$1; shift; RUST_LOG=info $V --kernel $G/bz --initramfs $G/l2.cpio --cmdline "console=ttyS0 reboot=k panic=-1 quiet L2TAG=$t $XARGS" --cpus 1 --memory 256M "$@"; }
 PF=$(igb_pf)
 PFBDF=$(basename $PF)
 IF=$(ls $PF/net | head -n1)
@@ -148,6 +169,11 @@ result vda_landed_md5=$(dd if=/tmp/vda.raw bs=1M skip=4 count=4 2>/dev/null | md
 # (d): MSI-X hidden, the guest's igb uses MSI.
 boot msi --device vfio=$PFBDF,msix=off </dev/null 2>&1 | tee /tmp/msi.out; result msi_exit=$?
 grep -q "MSI 1 vectors in the device" /tmp/msi.out && result msi_vmm=ok || result msi_vmm=missing
+# (e): no MSI at all in the guest: INTx for both functions.
+XARGS=pci=nomsi
+boot intx --device vfio=$PFBDF --device vfio=$NVBDF </dev/null 2>&1 | tee /tmp/intx.out; result intx_exit=$?
+XARGS=""
+grep -c "INTx pin 1 on GSI" /tmp/intx.out | sed 's/^/VIADUCT-RESULT intx_vmm_lines=/'
 result pf_driver_after=$(basename $(readlink $PF/driver)) nvme_driver_after=$(basename $(readlink $NV/driver))
 "#;
 
@@ -282,6 +308,28 @@ fn vf_and_pf_nvme_passthrough_in_test_host_b() {
         c.tail(60)
     );
 
+    // (e): INTx.
+    expect("intx_exit", "0");
+    expect("intx_vmm_lines", "2");
+    expect("intx_msi", "0");
+    expect("intx_nvme_write", "ok");
+    let intx_pattern = pattern(MIB as usize, "INTX");
+    expect("intx_nvme_md5", &md5_of(&intx_pattern).expect("md5"));
+    expect("intx_nvme_read_md5", &md5_of(&intx_pattern).expect("md5"));
+    let landed = read_at(&nvme, 40 * MIB, intx_pattern.len()).expect("read NVMe image");
+    assert!(
+        landed == intx_pattern,
+        "the INTx guest's NVMe pattern is not in the image"
+    );
+    let intx_replies: u32 = get("intx_ping").parse().unwrap_or(0);
+    assert!(
+        intx_replies > 0 && get("intx_eth") == "1" && get("intx_nvme") != "0",
+        "INTx guest: {intx_replies} echo replies, igb lines {}, nvme lines {}\n{}",
+        get("intx_eth"),
+        get("intx_nvme"),
+        c.tail(80)
+    );
+
     let secs = |k: &str| get(k).parse::<f64>().unwrap_or(f64::NAN);
     let macs: Vec<String> = stats
         .frames_by_mac
@@ -317,6 +365,10 @@ fn vf_and_pf_nvme_passthrough_in_test_host_b() {
     eprintln!(
         "  - PF with msix=off: igb on MSI ({msi_vectors} vector, {} interrupts), {msi_replies}/5 echo replies",
         get("msi_irqs")
+    );
+    eprintln!(
+        "  - pci=nomsi guest: igb and NVMe on INTx (IO-APIC interrupts {}), {intx_replies}/5 echo replies, 1 MiB NVMe pattern in the image",
+        get("intx_irqs")
     );
     eprintln!(
         "  - VMM voluntary context switches during ping+NVMe traffic: all threads {}, main thread {}",

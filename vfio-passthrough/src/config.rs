@@ -1,7 +1,8 @@
 //! Configuration-space virtualization for a passed-through function: what
 //! the guest sees is the device's own configuration space with the BAR
 //! registers emulated (sizing with all-ones writes, relocation), no I/O
-//! BARs and no option ROM, no INTx pin, the capability lists filtered
+//! BARs and no option ROM, the INTx pin only once the VMM has wired INTx
+//! ([`VirtualConfig::expose_int_pin`]), the capability lists filtered
 //! (standard: PM, MSI, PCIe and MSI-X kept; extended: SR-IOV, ARI and
 //! resizable BAR hidden) and the MSI-X message control word virtualized
 //! (the VMM enables MSI-X through VFIO, not through the register), the MSI
@@ -146,6 +147,10 @@ pub struct VirtualConfig {
     msix_control: u16,
     msi: Option<MsiRegs>,
     int_line: u8,
+    /// The device's INTx pin (1-4, 0: none).
+    device_pin: u8,
+    /// The pin the guest sees: the device's once INTx is wired, else 0.
+    int_pin: u8,
 }
 
 fn le32(b: &[u8], off: usize) -> u32 {
@@ -231,6 +236,11 @@ impl VirtualConfig {
             msix_control,
             msi: msi.map(MsiRegs::new),
             int_line: 0,
+            device_pin: match raw[INT_PIN as usize] {
+                p @ 1..=4 => p,
+                _ => 0,
+            },
+            int_pin: 0,
         })
     }
 
@@ -440,7 +450,7 @@ impl VirtualConfig {
             ROM..CAP_PTR => return Some(0),
             CAP_PTR => return Some(self.first_cap),
             INT_LINE => return Some(self.int_line),
-            INT_PIN => return Some(0),
+            INT_PIN => return Some(self.int_pin),
             _ => {}
         }
         if let Some((_, next)) = self.std_chain.iter().find(|(c, _)| *c + 1 == off) {
@@ -558,6 +568,16 @@ impl VirtualConfig {
     /// The MSI-X message control word the guest sees.
     pub fn msix_control(&self) -> u16 {
         self.msix_control
+    }
+
+    /// The device's INTx pin (1 = INTA … 4 = INTD), 0 if it has none.
+    pub fn device_int_pin(&self) -> u8 {
+        self.device_pin
+    }
+
+    /// INTx is wired to the guest: show the device's pin.
+    pub fn expose_int_pin(&mut self) {
+        self.int_pin = self.device_pin;
     }
 
     /// The MSI capability the guest sees, if the device has one.

@@ -1,15 +1,18 @@
 //! A passed-through PCI function as the VMM's bus sees it: configuration
 //! space through [`VirtualConfig`], BARs mapped into the guest where the
 //! region allows it ([`BarMaps`]), MSI-X table and PBA emulated
-//! ([`MsixInterrupts`]), MSI emulated ([`MsiInterrupts`]), and every other
-//! BAR access forwarded to the VFIO region with the guest's exact offset
-//! and size.
+//! ([`MsixInterrupts`]), MSI emulated ([`MsiInterrupts`]), INTx through a
+//! resampling irqfd ([`IntxInterrupts`]) whenever neither is on, and every
+//! other BAR access forwarded to the VFIO region with the guest's exact
+//! offset and size.
 
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
-use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
+use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+};
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 use virtio_devices::pci::{BarRegion, MsiRoutes, PciDevice};
 use vmm_sys_util::eventfd::EventFd;
@@ -17,6 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::bars::{Area, BarMaps, SlotAllocator, mappable_areas};
 use crate::config::{COMMAND, ConfigError, ConfigSpace, MsixLayout, VirtualConfig};
 use crate::interrupts::{MsixBackend, MsixInterrupts};
+use crate::intx::{IntxBackend, IntxInterrupts};
 use crate::msi::{MsiBackend, MsiInterrupts};
 use crate::reset;
 
@@ -74,6 +78,26 @@ impl MsiBackend for VfioMsi {
     }
 }
 
+/// INTx on and off through VFIO_DEVICE_SET_IRQS (trigger and unmask
+/// eventfds).
+struct VfioIntx(Arc<VfioDevice>);
+
+impl IntxBackend for VfioIntx {
+    fn enable(&self, trigger: &EventFd, resample: &EventFd) -> std::io::Result<()> {
+        self.0
+            .enable_irq(VFIO_PCI_INTX_IRQ_INDEX, vec![trigger])
+            .map_err(std::io::Error::other)?;
+        self.0
+            .set_irq_resample_fd(VFIO_PCI_INTX_IRQ_INDEX, vec![resample])
+            .map_err(std::io::Error::other)
+    }
+    fn disable(&self) -> std::io::Result<()> {
+        self.0
+            .disable_irq(VFIO_PCI_INTX_IRQ_INDEX)
+            .map_err(std::io::Error::other)
+    }
+}
+
 /// Where a trapped BAR access goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -108,6 +132,8 @@ pub struct VfioPciDevice {
     config: VirtualConfig,
     msix: Option<MsixInterrupts>,
     msi: Option<MsiInterrupts>,
+    intx: Option<IntxInterrupts>,
+    vm: Arc<VmFd>,
     bar_sizes: [u64; 6],
     /// Counters an operator can read in the log at shutdown.
     trapped_reads: u64,
@@ -117,7 +143,9 @@ pub struct VfioPciDevice {
 impl VfioPciDevice {
     /// Builds the model of an opened (and reset) device. `routes` gives
     /// MSI routes for a number of vectors (called for MSI-X and for MSI);
-    /// `keep_msix` false hides MSI-X from the guest.
+    /// `keep_msix` false hides MSI-X from the guest; `intx_gsi` maps the
+    /// device's INTx pin (1-4) to the IOAPIC GSI the guest's firmware
+    /// tables give it (`None`: no INTx).
     pub fn new(
         name: &str,
         dev: Arc<VfioDevice>,
@@ -125,16 +153,18 @@ impl VfioPciDevice {
         slots: Arc<Mutex<SlotAllocator>>,
         keep_msix: bool,
         mut routes: impl FnMut(u16) -> std::io::Result<Box<dyn MsiRoutes>>,
+        intx_gsi: &dyn Fn(u8) -> Option<u32>,
     ) -> Result<Self, DeviceError> {
         let mut bar_sizes = [0u64; 6];
         for (i, s) in bar_sizes.iter_mut().enumerate() {
             *s = dev.get_region_size(i as u32);
         }
         let cfg_size = dev.get_region_size(VFIO_PCI_CONFIG_REGION_INDEX);
-        let config = VirtualConfig::with_msix(&ConfigRegion(&dev), bar_sizes, cfg_size, keep_msix)
-            .map_err(|e| DeviceError::Config(name.into(), e))?;
+        let mut config =
+            VirtualConfig::with_msix(&ConfigRegion(&dev), bar_sizes, cfg_size, keep_msix)
+                .map_err(|e| DeviceError::Config(name.into(), e))?;
         let layout = config.msix();
-        let mut maps = BarMaps::new(vm, slots);
+        let mut maps = BarMaps::new(vm.clone(), slots);
         for bar in config.bars() {
             let i = bar.index as u32;
             let mmap = dev.get_region_flags(i) & VFIO_REGION_INFO_FLAG_MMAP != 0;
@@ -198,15 +228,21 @@ impl VfioPciDevice {
             }
             None => None,
         };
-        if msix.is_none() && msi.is_none() {
-            log::warn!("{name}: neither MSI-X nor MSI; the guest gets no interrupts from it");
+        let intx = Self::wire_intx(name, &dev, &vm, &mut config, intx_gsi);
+        if msix.is_none() && msi.is_none() && intx.is_none() {
+            log::warn!("{name}: no MSI-X, MSI or INTx; the guest gets no interrupts from it");
         }
         log::info!(
-            "{name}: interrupts to the guest: MSI-X {}, MSI {}",
+            "{name}: interrupts to the guest: MSI-X {}, MSI {}, INTx {}",
             layout.map_or("none".to_string(), |m| format!("{} vectors", m.vectors)),
             config.msi().map_or("none".to_string(), |m| format!(
                 "{} vectors",
                 m.cap.max_vectors()
+            )),
+            intx.as_ref().map_or("none".to_string(), |i| format!(
+                "pin {} on GSI {}",
+                config.device_int_pin(),
+                i.gsi()
             ))
         );
         Ok(Self {
@@ -215,6 +251,8 @@ impl VfioPciDevice {
             config,
             msix,
             msi,
+            intx,
+            vm,
             maps,
             bar_sizes,
             trapped_reads: 0,
@@ -224,6 +262,61 @@ impl VfioPciDevice {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// INTx: the device's pin on its GSI through a resampling irqfd, on
+    /// from the start (the guest's first interrupt type). Any failure
+    /// leaves the function without INTx, logged.
+    fn wire_intx(
+        name: &str,
+        dev: &Arc<VfioDevice>,
+        vm: &VmFd,
+        config: &mut VirtualConfig,
+        intx_gsi: &dyn Fn(u8) -> Option<u32>,
+    ) -> Option<IntxInterrupts> {
+        let pin = config.device_int_pin();
+        let has_line = dev
+            .get_irq_info(VFIO_PCI_INTX_IRQ_INDEX)
+            .is_some_and(|i| i.count == 1);
+        if pin == 0 || !has_line {
+            return None;
+        }
+        let gsi = intx_gsi(pin)?;
+        let mut intx = match IntxInterrupts::new(gsi, Box::new(VfioIntx(dev.clone()))) {
+            Ok(i) => i,
+            Err(e) => {
+                log::warn!("{name}: INTx eventfds: {e}");
+                return None;
+            }
+        };
+        if let Err(e) = vm.register_irqfd_with_resample(intx.trigger(), intx.resample(), gsi) {
+            log::warn!("{name}: INTx irqfd on GSI {gsi}: {e}");
+            return None;
+        }
+        if let Err(e) = intx.set(true) {
+            log::warn!("{name}: INTx: {e}");
+            let _ = vm.unregister_irqfd(intx.trigger(), gsi);
+            return None;
+        }
+        config.expose_int_pin();
+        Some(intx)
+    }
+
+    /// VFIO takes one interrupt type at a time: INTx is on exactly when
+    /// neither MSI-X nor MSI is.
+    fn msi_active(&self) -> bool {
+        self.msix
+            .as_ref()
+            .is_some_and(MsixInterrupts::device_enabled)
+            || self.msi.as_ref().is_some_and(|m| m.device_vectors() > 0)
+    }
+
+    fn set_intx(&mut self, on: bool) {
+        if let Some(i) = &mut self.intx {
+            if let Err(e) = i.set(on) {
+                log::warn!("{}: INTx {}: {e}", self.name, if on { "on" } else { "off" });
+            }
+        }
     }
 
     /// BAR areas in the guest: (BAR, area, guest address if placed).
@@ -273,6 +366,12 @@ impl VfioPciDevice {
                 log::warn!("{}: {e}", self.name);
             }
         }
+        self.set_intx(false);
+        if let Some(i) = &self.intx {
+            if let Err(e) = self.vm.unregister_irqfd(i.trigger(), i.gsi()) {
+                log::warn!("{}: INTx irqfd: {e}", self.name);
+            }
+        }
         if let Err(e) = self.maps.reconcile(&[]) {
             log::warn!("{}: {e}", self.name);
         }
@@ -301,6 +400,11 @@ impl PciDevice for VfioPciDevice {
         if effect.remap {
             self.remap();
         }
+        let irq_change = effect.msix_control.is_some() || effect.msi.is_some();
+        if irq_change {
+            // Off before MSI/MSI-X can be enabled (VFIO refuses both at once).
+            self.set_intx(false);
+        }
         if let (Some(ctrl), Some(m)) = (effect.msix_control, &mut self.msix) {
             if let Err(e) = m.set_control(ctrl) {
                 log::warn!("{}: MSI-X control {ctrl:#x}: {e}", self.name);
@@ -317,6 +421,9 @@ impl PciDevice for VfioPciDevice {
                 Ok(()) => {}
                 Err(e) => log::warn!("{}: MSI: {e}", self.name),
             }
+        }
+        if irq_change && !self.msi_active() {
+            self.set_intx(true);
         }
     }
 

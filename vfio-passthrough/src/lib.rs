@@ -6,7 +6,8 @@
 //!   [`session`] (container, DMA, open/reset/shutdown), [`device`] (the
 //!   PCI function the VMM's bus drives), [`config`] (config-space
 //!   virtualization), [`bars`] (BARs as KVM memory slots),
-//!   [`interrupts`] (MSI-X to irqfd), [`msi_cap`] and [`msi`] (MSI), [`dma`],
+//!   [`interrupts`] (MSI-X to irqfd), [`msi_cap`] and [`msi`] (MSI),
+//!   [`intx`] (INTx with a resampling irqfd), [`dma`],
 //!   [`reset`], [`vf`] (mac/vlan).
 
 pub mod bars;
@@ -15,6 +16,7 @@ pub mod device;
 pub mod dma;
 pub mod group;
 pub mod interrupts;
+pub mod intx;
 pub mod msi;
 pub mod msi_cap;
 pub mod reset;

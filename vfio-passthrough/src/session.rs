@@ -108,6 +108,7 @@ impl VfioSession {
         &mut self,
         spec: &DeviceSpec,
         routes: impl FnMut(u16) -> std::io::Result<Box<dyn MsiRoutes>>,
+        intx_gsi: &dyn Fn(u8) -> Option<u32>,
     ) -> Result<Arc<Mutex<VfioPciDevice>>, SessionError> {
         let checked = group::check(Path::new("/sys"), Path::new("/dev/vfio"), &spec.bdf)?;
         let bdf = checked.bdf.clone();
@@ -150,6 +151,7 @@ impl VfioSession {
             self.slots.clone(),
             spec.msix,
             routes,
+            intx_gsi,
         )?;
         let model = Arc::new(Mutex::new(model));
         self.devices.push(model.clone());

@@ -1,7 +1,8 @@
 //! `--device vfio=BDF[,mac=MAC][,vlan=ID]`: passed-through PCI functions on
 //! the VM's PCI bus. The VFIO work is in the `vfio_passthrough` crate; this
 //! file connects it to the VM: guest RAM for DMA, MSI routes over the VM's
-//! GSI table, BAR placement, and shutdown after the guest ends.
+//! GSI table, INTx on the IOAPIC GSI the DSDT's `_PRT` gives the slot, BAR
+//! placement, and shutdown after the guest ends.
 
 use std::sync::{Arc, Mutex};
 
@@ -82,8 +83,9 @@ impl Passthrough {
                     .map_err(std::io::Error::other)?;
                 Ok(Box::new(r))
             };
+            let intx = move |pin: u8| crate::pci::intx_gsi(slot, pin);
             let dev = session
-                .open(spec, routes)
+                .open(spec, routes, &intx)
                 .map_err(|e| VfioError::Session(spec.bdf.clone(), e))?;
             {
                 let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());

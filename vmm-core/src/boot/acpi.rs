@@ -1,7 +1,8 @@
 //! Minimal ACPI for power management and PCI discovery: RSDP → XSDT →
 //! FADT (hardware-reduced, with sleep control/status and reset registers
 //! on ports the VMM decodes) → DSDT (`\_S5` and the PCI host bridge with
-//! its bus, config-port and 32-bit memory window in `_CRS`) and MADT (one
+//! its bus, config-port and memory windows in `_CRS` and its INTx routing
+//! in `_PRT`) and MADT (one
 //! local APIC per vCPU, the IOAPIC, NMI on LINT1; ISA IRQs map 1:1 to GSIs
 //! as KVM wires them). The MP table stays for guests booted `acpi=off`.
 //! Hand-assembled bytes, checksummed; pure, so tests check the layout.
@@ -165,6 +166,29 @@ fn rtc_device() -> Vec<u8> {
     aml_package(&[0x5b, 0x82], &dev)
 }
 
+/// `_PRT` of the host bridge: every slot's INTA-INTD to its IOAPIC GSI
+/// ([`crate::pci::intx_gsi`]); static GSIs, so level-triggered, active low.
+fn pci_routing_table() -> Vec<u8> {
+    let mut entries = Vec::new();
+    let mut count = 0u8;
+    for slot in 0..32u8 {
+        for pin in 1..=4u8 {
+            let Some(gsi) = crate::pci::intx_gsi(slot, pin) else {
+                continue;
+            };
+            // Package (4) { 0xSSSSFFFF, pin, Zero, gsi }
+            let mut e = vec![0x04, 0x0c];
+            e.extend_from_slice(&(u32::from(slot) << 16 | 0xffff).to_le_bytes());
+            e.extend_from_slice(&[0x0a, pin - 1, 0x00, 0x0a, gsi as u8]);
+            entries.extend(aml_package(&[0x12], &e));
+            count += 1;
+        }
+    }
+    let mut body = vec![count];
+    body.extend(entries);
+    aml_package(&[0x12], &body)
+}
+
 /// The DSDT's AML.
 pub fn dsdt_aml() -> Vec<u8> {
     let mut aml = Vec::new();
@@ -178,6 +202,7 @@ pub fn dsdt_aml() -> Vec<u8> {
     dev.extend(aml_name(b"_SEG", &[0x00]));
     dev.extend(aml_name(b"_BBN", &[0x00]));
     dev.extend(aml_name(b"_CRS", &host_bridge_crs()));
+    dev.extend(aml_name(b"_PRT", &pci_routing_table()));
     let device = aml_package(&[0x5b, 0x82], &dev);
     let mut scope = b"\\_SB_".to_vec();
     scope.extend(device);
@@ -343,6 +368,11 @@ mod tests {
         let has = |needle: &[u8]| aml.windows(needle.len()).any(|w| w == needle);
         assert!(has(&[0x08, b'_', b'S', b'5', b'_', 0x12]));
         assert!(has(b"PCI0"));
+        assert!(has(b"_PRT"));
+        // Slot 3 INTB: Package (4) { 0x0003FFFF, 1, Zero, GSI 20 }.
+        assert!(has(&[
+            0x12, 0x0c, 0x04, 0x0c, 0xff, 0xff, 0x03, 0x00, 0x0a, 0x01, 0x00, 0x0a, 20
+        ]));
         assert!(has(&[0x0c, 0x41, 0xd0, 0x0a, 0x03]), "PNP0A03");
         assert!(has(&[0x47, 0x01, 0xf8, 0x0c]), "config ports in _CRS");
         assert!(has(&(PCI_MMIO32_START as u32).to_le_bytes()));
