@@ -8,7 +8,9 @@
 //! by our daemon inside L1; (d) the PF again with `msix=off`: igb falls
 //! back to MSI, which the VMM emulates, and pings the host; (e) the PF and
 //! the NVMe controller to a guest booted `pci=nomsi`: both run on INTx
-//! (resampling irqfds on the IOAPIC pins the DSDT's `_PRT` names).
+//! (resampling irqfds on the IOAPIC pins the DSDT's `_PRT` names). The PF
+//! guest also reads the igb's extended capabilities through ECAM (MCFG):
+//! AER there, SR-IOV and ARI hidden.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -70,6 +72,21 @@ pf)
   result pf_nvme_w64_secs=$(echo "$a $b" | awk '{printf "%.2f", $2-$1}') pf_nvme_r64_secs=$(echo "$b $c" | awk '{printf "%.2f", $2-$1}')
   grep -E 'MSI' /proc/interrupts
   result pf_msix_eth=$(grep 'PCI-MSIX' /proc/interrupts | grep -c "$E")
+  # Extended config space through ECAM: the igb's list as the guest sees it.
+  dmesg | grep -i -e ecam -e mmconfig
+  B=$(basename $(readlink -f /sys/class/net/$E/device))
+  result pf_cfg_size=$(wc -c < /sys/bus/pci/devices/$B/config)
+  ids=""; off=256
+  for i in $(seq 32); do
+    h=$(dd if=/sys/bus/pci/devices/$B/config bs=4 skip=$((off / 4)) count=1 2>/dev/null | od -An -tu4 | tr -d ' ')
+    [ -z "$h" ] && break
+    [ "$h" = 0 ] && break
+    ids="$ids$((h & 0xffff)),"
+    off=$(( (h >> 20) & 0xffc ))
+    [ $off -lt 256 ] && break
+  done
+  result pf_ext_ids=$ids
+  result pf_sriov_file=$([ -e /sys/bus/pci/devices/$B/sriov_totalvfs ] && echo 1 || echo 0)
   result pf_msix_nvme=$(grep 'PCI-MSIX' /proc/interrupts | grep -c nvme)
   result pf_vda=$([ -b /dev/vda ] && echo 1 || echo 0)
   yes VIADUCT-VDA-PATTERN | head -c 4194304 > /tmp/v
@@ -288,6 +305,15 @@ fn vf_and_pf_nvme_passthrough_in_test_host_b() {
     assert!(msix_nvme >= 2, "nvme MSI-X vectors: {msix_nvme}");
     let msix_eth: u32 = get("pf_msix_eth").parse().unwrap_or(0);
     assert!(msix_eth >= 1, "igb MSI-X vectors: {msix_eth}");
+    // Extended configuration space (ECAM/MCFG): present, filtered.
+    expect("pf_cfg_size", "4096");
+    expect("pf_sriov_file", "0");
+    let ext_ids = get("pf_ext_ids");
+    let ids: Vec<&str> = ext_ids.split(',').filter(|s| !s.is_empty()).collect();
+    assert!(
+        ids.contains(&"1") && !ids.contains(&"16") && !ids.contains(&"14"),
+        "extended capabilities L2 sees on the igb: {ids:?} (want AER=1, no SR-IOV=16, no ARI=14)"
+    );
     expect("pf_vda", "1");
     let vda = get("pf_vda_md5");
     expect("pf_vda_read_md5", &vda);
@@ -361,6 +387,10 @@ fn vf_and_pf_nvme_passthrough_in_test_host_b() {
         64.0 / secs("pf_nvme_w64_secs"),
         secs("pf_nvme_r64_secs"),
         64.0 / secs("pf_nvme_r64_secs")
+    );
+    eprintln!(
+        "  - extended config space through ECAM: {} bytes, extended capability ids {ext_ids} (SR-IOV and ARI hidden)",
+        get("pf_cfg_size")
     );
     eprintln!(
         "  - PF with msix=off: igb on MSI ({msi_vectors} vector, {} interrupts), {msi_replies}/5 echo replies",

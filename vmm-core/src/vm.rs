@@ -39,6 +39,7 @@ use crate::devices::serial::{COM1_BASE, COM1_GSI, COM1_LEN, SerialDevice};
 use crate::event_loop::{self, EventLoopError, Sources, TOKEN_BACKENDS};
 use crate::lifecycle::{Lifecycle, Outcome};
 use crate::memory::{GuestRam, MemoryError};
+use crate::pci::ecam::Ecam;
 use crate::pci::host_bridge::HostBridge;
 use crate::pci::msi::{GsiRouting, KvmMsiRoutes, MsiError};
 use crate::pci::root::{self as pci_root, PciRoot, PciRootError};
@@ -296,11 +297,14 @@ impl Vm {
             &routing,
             first_vfio_slot,
         )?;
-        self.pio.insert(
-            Arc::new(Mutex::new(root)),
-            pci_root::CONFIG_PORT,
-            pci_root::CONFIG_PORT_LEN,
+        let root = Arc::new(Mutex::new(root));
+        self.mmio.insert(
+            Arc::new(Mutex::new(Ecam::new(root.clone()))),
+            layout::PCI_ECAM_START,
+            layout::PCI_ECAM_SIZE,
         )?;
+        self.pio
+            .insert(root, pci_root::CONFIG_PORT, pci_root::CONFIG_PORT_LEN)?;
         Ok(entries)
     }
 }

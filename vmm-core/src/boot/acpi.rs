@@ -4,11 +4,12 @@
 //! its bus, config-port and memory windows in `_CRS` and its INTx routing
 //! in `_PRT`) and MADT (one
 //! local APIC per vCPU, the IOAPIC, NMI on LINT1; ISA IRQs map 1:1 to GSIs
-//! as KVM wires them). The MP table stays for guests booted `acpi=off`.
+//! as KVM wires them), MCFG (ECAM for bus 0: extended config space). The MP table stays for guests booted `acpi=off`.
 //! Hand-assembled bytes, checksummed; pure, so tests check the layout.
 
 use crate::boot::layout::{
-    IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO32_SIZE, PCI_MMIO32_START, PCI_MMIO64_SIZE, PCI_MMIO64_START,
+    IOAPIC_ADDR, LAPIC_ADDR, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START,
+    PCI_MMIO64_SIZE, PCI_MMIO64_START,
 };
 use crate::boot::mptable::ioapic_id;
 
@@ -251,19 +252,33 @@ pub fn madt(cpus: u8) -> Vec<u8> {
     sdt(b"APIC", 5, &b)
 }
 
+/// The MCFG: ECAM for segment 0, buses 0 to the last the window holds.
+pub fn mcfg() -> Vec<u8> {
+    let mut b = vec![0u8; 8];
+    b.extend_from_slice(&PCI_ECAM_START.to_le_bytes());
+    b.extend_from_slice(&0u16.to_le_bytes()); // segment
+    b.push(0); // first bus
+    b.push(((PCI_ECAM_SIZE >> 20) - 1) as u8); // last bus
+    b.extend_from_slice(&[0; 4]);
+    sdt(b"MCFG", 1, &b)
+}
+
 /// All tables laid out from `base` for `cpus` vCPUs: (address, bytes)
 /// pairs, RSDP first.
 pub fn tables(base: u64, cpus: u8) -> Vec<(u64, Vec<u8>)> {
     let align = |a: u64| (a + 15) & !15;
     let xsdt_addr = base + 64;
-    let fadt_addr = align(xsdt_addr + 36 + 16);
+    let fadt_addr = align(xsdt_addr + 36 + 24);
     let madt = madt(cpus);
     let madt_addr = align(fadt_addr + 276);
     let dsdt_addr = align(madt_addr + madt.len() as u64);
     let dsdt = sdt(b"DSDT", 2, &dsdt_aml());
+    let mcfg = mcfg();
+    let mcfg_addr = align(dsdt_addr + dsdt.len() as u64);
     let fadt = fadt(dsdt_addr);
     let mut entries = fadt_addr.to_le_bytes().to_vec();
     entries.extend_from_slice(&madt_addr.to_le_bytes());
+    entries.extend_from_slice(&mcfg_addr.to_le_bytes());
     let xsdt = sdt(b"XSDT", 1, &entries);
     let mut rsdp = Vec::with_capacity(36);
     rsdp.extend_from_slice(b"RSD PTR ");
@@ -282,6 +297,7 @@ pub fn tables(base: u64, cpus: u8) -> Vec<(u64, Vec<u8>)> {
         (fadt_addr, fadt),
         (madt_addr, madt),
         (dsdt_addr, dsdt),
+        (mcfg_addr, mcfg),
     ]
 }
 
@@ -318,6 +334,10 @@ mod tests {
         assert_eq!(&dsdt[..4], b"DSDT");
         let madt = find(u64_at(&xsdt, 44)).unwrap();
         assert_eq!(&madt[..4], b"APIC");
+        let mcfg = find(u64_at(&xsdt, 52)).unwrap();
+        assert_eq!(&mcfg[..4], b"MCFG");
+        assert_eq!(u64_at(&mcfg, 44), PCI_ECAM_START);
+        assert_eq!((mcfg[54], mcfg[55]), (0, 0), "bus 0 only");
         for (_, table) in &t[1..] {
             assert_eq!(u32_at(table, 4) as usize, table.len());
             assert_eq!(sum(table), 0, "{:?}", &table[..4]);

@@ -1,7 +1,7 @@
 //! The guest's physical memory map as the kernel is told it (e820 for
 //! bzImage, the same entries as a PVH memmap).
 
-use crate::boot::layout::{EBDA_START, HIMEM_START};
+use crate::boot::layout::{EBDA_START, HIMEM_START, PCI_ECAM_SIZE, PCI_ECAM_START};
 use crate::memory::RamRange;
 
 /// e820 type of usable RAM.
@@ -18,7 +18,8 @@ pub struct E820Entry {
 }
 
 /// The memory map for `ranges` of RAM: base memory up to the EBDA (where
-/// the MP table lives), the legacy hole reserved, then the rest of RAM.
+/// the MP table lives), the legacy hole reserved, then the rest of RAM,
+/// and the PCI ECAM window reserved.
 pub fn memory_map(ranges: &[RamRange]) -> Vec<E820Entry> {
     let mut map = Vec::with_capacity(ranges.len() + 2);
     for r in ranges {
@@ -49,6 +50,13 @@ pub fn memory_map(ranges: &[RamRange]) -> Vec<E820Entry> {
             });
         }
     }
+    // Linux only trusts MMCONFIG that firmware reserved.
+    map.push(E820Entry {
+        addr: PCI_ECAM_START,
+        size: PCI_ECAM_SIZE,
+        kind: E820_RESERVED,
+    });
+    map.sort_by_key(|e| e.addr);
     map
 }
 
@@ -60,7 +68,16 @@ mod tests {
     #[test]
     fn low_memory_map_has_base_hole_and_high() {
         let m = memory_map(&ram_ranges(256 << 20));
-        assert_eq!(m.len(), 3);
+        assert_eq!(m.len(), 4);
+        assert_eq!(
+            m[3],
+            E820Entry {
+                addr: PCI_ECAM_START,
+                size: PCI_ECAM_SIZE,
+                kind: E820_RESERVED
+            },
+            "ECAM reserved"
+        );
         assert_eq!(
             m[0],
             E820Entry {
@@ -77,8 +94,9 @@ mod tests {
     #[test]
     fn high_ram_is_listed_after_the_hole() {
         let m = memory_map(&ram_ranges(5 << 30));
-        assert_eq!(m.len(), 4);
-        assert_eq!(m[3].addr, 1 << 32);
+        assert_eq!(m.len(), 5);
+        assert_eq!(m[3].addr, PCI_ECAM_START, "sorted: ECAM below 4 GiB");
+        assert_eq!(m[4].addr, 1 << 32);
         let ram: u64 = m
             .iter()
             .filter(|e| e.kind == E820_RAM)

@@ -30,9 +30,14 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const HIMEM_START: u64 = 0x10_0000;
 /// The MMIO hole below 4 GiB: [MMIO32_START, 4 GiB).
 pub const MMIO32_START: u64 = 0xc000_0000;
-/// 32-bit PCI BAR window, inside the hole and below the IOAPIC.
+/// 32-bit PCI BAR window, at the bottom of the hole.
 pub const PCI_MMIO32_START: u64 = MMIO32_START;
-pub const PCI_MMIO32_SIZE: u64 = 0x3ec0_0000;
+pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
+/// PCIe enhanced configuration access (ECAM/MMCONFIG) for bus 0: 32
+/// devices x 8 functions x 4 KiB, above the BAR window (MCFG, e820
+/// reserved).
+pub const PCI_ECAM_START: u64 = PCI_MMIO32_START + PCI_MMIO32_SIZE;
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
 /// In-kernel IOAPIC and local APIC addresses (fixed by KVM).
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;

@@ -1,6 +1,7 @@
-//! The VMM's PCI side: bus 0 with config mechanism #1, the host bridge,
-//! BAR placement in the 32-bit window, and MSI routing over KVM.
+//! The VMM's PCI side: bus 0 with config mechanism #1 and ECAM, the host
+//! bridge, BAR placement, INTx GSIs, and MSI routing over KVM.
 
+pub mod ecam;
 pub mod host_bridge;
 pub mod msi;
 pub mod root;

@@ -1,4 +1,5 @@
-//! PCI bus 0 behind configuration mechanism #1 (ports 0xCF8/0xCFC), and
+//! PCI bus 0 behind configuration mechanism #1 (ports 0xCF8/0xCFC; ECAM
+//! in [`super::ecam`] reaches the same functions), and
 //! the BAR windows on the MMIO bus. A BAR is mapped while the function's
 //! memory decoding is on and its address is sane; every config write to
 //! COMMAND or a BAR reconciles the mapping and moves the device's
@@ -153,6 +154,32 @@ impl PciRoot {
     fn device(&self, slot: usize) -> Option<SharedPciDevice> {
         self.slots.get(slot)?.as_ref().map(|s| s.device.clone())
     }
+
+    /// A config read of function 0 in `slot` at `reg` (mechanism #1 or
+    /// ECAM); an empty slot reads all-ones.
+    pub fn config_read_at(&self, slot: usize, reg: usize, data: &mut [u8]) {
+        match self.device(slot) {
+            Some(dev) => dev
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .config_read(reg, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    /// A config write to function 0 in `slot` at `reg`; COMMAND and BAR
+    /// writes move the device's BAR windows.
+    pub fn config_write_at(&mut self, slot: usize, reg: usize, data: &[u8]) {
+        let Some(dev) = self.device(slot) else {
+            return;
+        };
+        dev.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .config_write(reg, data);
+        if reg < COMMAND + 2 && reg + data.len() > COMMAND || (BAR_FIRST..BAR_END).contains(&reg) {
+            self.reconcile(slot);
+        }
+    }
 }
 
 impl BusDevice for PciRoot {
@@ -166,13 +193,8 @@ impl BusDevice for PciRoot {
             }
             return;
         }
-        let target = decode_address(self.address)
-            .and_then(|(slot, reg)| Some((self.device(slot)?, reg + off - 4)));
-        match target {
-            Some((dev, reg)) => dev
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .config_read(reg, data),
+        match decode_address(self.address) {
+            Some((slot, reg)) => self.config_read_at(slot, reg + off - 4, data),
             None => data.fill(0xff),
         }
     }
@@ -187,18 +209,8 @@ impl BusDevice for PciRoot {
             }
             return;
         }
-        let Some((slot, reg)) = decode_address(self.address) else {
-            return;
-        };
-        let Some(dev) = self.device(slot) else {
-            return;
-        };
-        let reg = reg + off - 4;
-        dev.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .config_write(reg, data);
-        if reg < COMMAND + 2 && reg + data.len() > COMMAND || (BAR_FIRST..BAR_END).contains(&reg) {
-            self.reconcile(slot);
+        if let Some((slot, reg)) = decode_address(self.address) {
+            self.config_write_at(slot, reg + off - 4, data);
         }
     }
 }
