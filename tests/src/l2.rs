@@ -850,7 +850,9 @@ mod tests {
         // The full stack runs with the API and L1's phase choreography.
         assert!(s.contains("L2TAG=own L2API=1'"));
         assert!(s.contains("--api-socket /tmp/vm.api < /tmp/l2in"));
-        assert!(s.contains("wait_l2 own_phase=idle"));
+        assert!(s.contains("wait_l2 own_phase=load"));
+        assert!(s.contains("for k in $(seq 10); do"), "the blk kill loop");
+        assert!(s.contains("aim $D"));
         assert!(s.contains("result own_exit=$(cat /tmp/vexit)"));
     }
 
