@@ -36,6 +36,15 @@ const MIB: u64 = 1 << 20;
 const L2_SCENARIO: &str = r#"
 T=${L2TAG:-l2}
 netif() { for i in $(seq 100); do E=$(ls /sys/class/net | grep -v '^lo$' | head -n1); [ -n "$E" ] && break; sleep 0.1; done; echo $E; }
+# up_and_ping IFACE ADDR COUNT: bring the link up with ADDR, wait for carrier,
+# ping the host's responder; prints the replies received.
+up_and_ping() {
+  ip link set $1 up
+  ip addr add $2/24 dev $1
+  for i in $(seq 100); do [ "$(cat /sys/class/net/$1/carrier 2>/dev/null)" = 1 ] && break; sleep 0.1; done
+  n=$(ping -c $3 -i 0.2 -W 2 10.0.2.2 2>/dev/null | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+  echo ${n:-0}
+}
 case $T in
 vf*)
   E=$(netif)
@@ -52,12 +61,8 @@ vf*)
 pf)
   E=$(netif)
   result pf_igb=$(ls /sys/bus/pci/drivers/igb 2>/dev/null | grep -c ':')
-  ip link set $E up
-  ip addr add 10.0.2.20/24 dev $E
-  for i in $(seq 100); do [ "$(cat /sys/class/net/$E/carrier 2>/dev/null)" = 1 ] && break; sleep 0.1; done
   echo VIADUCT-TRAFFIC-START
-  n=$(ping -c @PINGS@ -i 0.2 -W 2 10.0.2.2 2>/dev/null | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
-  result pf_ping=${n:-0}
+  result pf_ping=$(up_and_ping $E 10.0.2.20 @PINGS@)
   result pf_nvme=$([ -b /dev/nvme0n1 ] && echo 1 || echo 0)
   yes VIADUCT-NVME-PATTERN | head -c 4194304 > /tmp/p
   result pf_nvme_md5=$(md5sum < /tmp/p | cut -d' ' -f1)
@@ -98,11 +103,7 @@ pf)
 msi)
   E=$(netif)
   result msi_igb=$(ls /sys/bus/pci/drivers/igb 2>/dev/null | grep -c ':')
-  ip link set $E up
-  ip addr add 10.0.2.21/24 dev $E
-  for i in $(seq 100); do [ "$(cat /sys/class/net/$E/carrier 2>/dev/null)" = 1 ] && break; sleep 0.1; done
-  n=$(ping -c 5 -i 0.2 -W 2 10.0.2.2 2>/dev/null | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
-  result msi_ping=${n:-0}
+  result msi_ping=$(up_and_ping $E 10.0.2.21 5)
   grep -E 'MSI' /proc/interrupts
   result msi_msi_eth=$(grep 'PCI-MSI-' /proc/interrupts | grep -c "$E")
   result msi_msix_eth=$(grep 'PCI-MSIX' /proc/interrupts | grep -c "$E")
@@ -110,11 +111,7 @@ msi)
   ;;
 intx)
   E=$(netif)
-  ip link set $E up
-  ip addr add 10.0.2.22/24 dev $E
-  for i in $(seq 100); do [ "$(cat /sys/class/net/$E/carrier 2>/dev/null)" = 1 ] && break; sleep 0.1; done
-  n=$(ping -c 5 -i 0.2 -W 2 10.0.2.2 2>/dev/null | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
-  result intx_ping=${n:-0}
+  result intx_ping=$(up_and_ping $E 10.0.2.22 5)
   yes VIADUCT-INTX-PATTERN | head -c 1048576 > /tmp/p
   result intx_nvme_md5=$(md5sum < /tmp/p | cut -d' ' -f1)
   dd if=/tmp/p of=/dev/nvme0n1 bs=1M seek=40 conv=fsync 2>/dev/null && result intx_nvme_write=ok || result intx_nvme_write=failed

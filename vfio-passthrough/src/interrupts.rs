@@ -31,6 +31,13 @@ pub enum InterruptError {
     Route(u16, #[source] std::io::Error),
 }
 
+/// The eventfds of vectors `0..n`, for VFIO_DEVICE_SET_IRQS.
+pub(crate) fn notifiers(routes: &dyn MsiRoutes, n: u16) -> Result<Vec<&EventFd>, InterruptError> {
+    (0..n)
+        .map(|v| routes.notifier(v).ok_or(InterruptError::NoNotifier(v)))
+        .collect()
+}
+
 /// The emulated MSI-X state of one passed-through function.
 pub struct MsixInterrupts {
     msix: Msix,
@@ -95,14 +102,7 @@ impl MsixInterrupts {
             // Routes first: a vector that fires at once finds its GSI.
             self.route_all()?;
             let n = self.msix.vectors();
-            let mut fds = Vec::with_capacity(usize::from(n));
-            for v in 0..n {
-                fds.push(
-                    self.routes
-                        .notifier(v)
-                        .ok_or(InterruptError::NoNotifier(v))?,
-                );
-            }
+            let fds = notifiers(&*self.routes, n)?;
             self.backend
                 .enable_msix(fds)
                 .map_err(|e| InterruptError::Enable(n, e))?;

@@ -9,7 +9,7 @@
 use virtio_devices::pci::MsiRoutes;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::interrupts::InterruptError;
+use crate::interrupts::{InterruptError, notifiers};
 use crate::msi_cap::MsiRegs;
 
 /// How MSI is switched on and off in the device (VFIO in production).
@@ -62,14 +62,7 @@ impl MsiInterrupts {
             self.device_vectors = 0;
         }
         if want > 0 {
-            let mut fds = Vec::with_capacity(usize::from(want));
-            for v in 0..want {
-                fds.push(
-                    self.routes
-                        .notifier(v)
-                        .ok_or(InterruptError::NoNotifier(v))?,
-                );
-            }
+            let fds = notifiers(&*self.routes, want)?;
             self.backend
                 .enable_msi(fds)
                 .map_err(|e| InterruptError::Enable(want, e))?;
