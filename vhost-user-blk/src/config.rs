@@ -220,7 +220,7 @@ mod tests {
         assert_eq!(c.logical_block_size, 512);
         assert_eq!(&c.serial[..14], b"disk-image.raw");
         assert_eq!(c.serial[14..], [0; 6]);
-        assert_eq!(c.poll, Duration::ZERO);
+        assert_eq!(c.poll, Duration::from_micros(50), "polls by default");
     }
 
     #[test]
