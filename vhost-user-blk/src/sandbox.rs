@@ -153,11 +153,7 @@ pub fn filter(mismatch: SeccompAction) -> Result<BpfProgram, SandboxError> {
         ALLOWED,
         IOCTLS,
         vec![],
-        vec![(
-            libc::SYS_socket,
-            // socket(2) only for AF_UNIX: the backend's connection to the relay.
-            vec![seccomp::arg_eq(0, libc::AF_UNIX as u64)?],
-        )],
+        vec![seccomp::unix_socket_rule()?],
         mismatch,
     )?)
 }

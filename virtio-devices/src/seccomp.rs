@@ -38,6 +38,12 @@ pub fn arg_masked_eq(arg: u8, mask: u64, value: u64) -> Result<SeccompRule, Secc
     Ok(SeccompRule::new(vec![c])?)
 }
 
+/// `socket(2)` for AF_UNIX only: a daemon's backend connecting to its own
+/// message relay (`backend::relay`).
+pub fn unix_socket_rule() -> Result<(i64, Vec<SeccompRule>), SeccompError> {
+    Ok((libc::SYS_socket, vec![arg_eq(0, libc::AF_UNIX as u64)?]))
+}
+
 /// The allowlist program: `allowed` with any arguments, `ioctl` with the
 /// requests in `ioctls` (plus `ioctl_rules`), `extra` per-syscall rules,
 /// and `prctl(PR_SET_NAME)` (std names each new thread). open/openat/
