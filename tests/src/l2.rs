@@ -141,9 +141,9 @@ if [ -n "$L2API" ]; then
 fi
 "#;
 
-/// Guest seconds L2's write-verify loop runs while L1 kills its disk
-/// daemon: longer than [`BLK_KILLS`] kills take.
-pub const L2_LOAD_SECS: u32 = 30;
+/// Guest seconds after which L2's write-verify loop stops on its own if
+/// L1 never writes the stop mark (it does once its kills are done).
+pub const L2_LOAD_SECS: u32 = 300;
 /// SIGKILL/restart cycles of the blk daemon under that load.
 pub const BLK_KILLS: u32 = 10;
 
@@ -314,6 +314,8 @@ if wait_l2 {t}_phase=load; then
   result {t}_rl_kills=$kills {t}_rl_aimed=$aimed
   result {t}_info_reconnected=$(ctl info)
   result {t}_rl_resubmitted=$(cat /tmp/{t}-daemon-k*.log | grep -o 'resubmit=[0-9]*' | cut -d= -f2 | awk '{{s+=$1}} END {{print s+0}}')
+  # Kills done: the stop mark ends L2's writers (crate::restart_load).
+  printf LOOP-STOP! | dd of={image} bs=10 count=1 conv=notrunc 2>/dev/null
   wait_l2 {t}_phase=loaded
   ok=1; checked=0; w=0
   while [ $w -lt {WORKERS} ]; do

@@ -9,9 +9,9 @@
 //! `w`'s iteration `i` writes 64 KiB block `1 + w * PER_WORKER + i %
 //! PER_WORKER` with the pattern `viaduct-<w>-<i>\n` repeated, through
 //! O_DIRECT with a flush after it (`conv=fsync`), reads the block back
-//! (O_DIRECT) and compares checksums. Sector 0 marks the loop's start and
-//! end, so the host knows when to kill and that the loop was still running
-//! at the last kill.
+//! (O_DIRECT) and compares checksums. Sector 0 carries the loop's start
+//! mark (the host starts killing), the host's stop mark (its kills are
+//! done: the writers finish their iteration and stop) and the end mark.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -31,10 +31,16 @@ pub const START_MARK: &[u8] = b"LOOP-START";
 /// Sector-0 marker once it is done.
 pub const DONE_MARK: &[u8] = b"LOOP-DONE!";
 
-/// The guest's shell loop on `dev`, running for `secs` seconds of guest
-/// time; `prefix` goes in front of its result keys (`iterations_<w>` per
-/// writer, then the sums of errors and verify failures).
-pub fn guest_script(dev: &str, secs: u32, prefix: &str) -> String {
+/// The host writes this over sector 0 (in the image file) when its kills
+/// are done; the writers stop when they read it.
+pub const STOP_MARK: &[u8] = b"LOOP-STOP!";
+
+/// The guest's shell loop on `dev`: the writers run until the host writes
+/// [`STOP_MARK`] into sector 0 (they read it back, O_DIRECT, before every
+/// iteration) or `max_secs` of guest time pass; `prefix` goes in front of
+/// its result keys (`iterations_<w>` per writer, then the sums of errors
+/// and verify failures).
+pub fn guest_script(dev: &str, max_secs: u32, prefix: &str) -> String {
     format!(
         r#"
 mark() {{ printf "$1" > /tmp/mark; dd if=/tmp/mark of={dev} bs=512 count=1 conv=sync,fsync oflag=direct 2>/dev/null; }}
@@ -42,7 +48,8 @@ writer() {{
   w=$1; i=0; errs=0; bad=0
   while :; do
     now=$(cut -d. -f1 /proc/uptime)
-    [ $((now - start)) -ge {secs} ] && break
+    [ $((now - start)) -ge {max_secs} ] && break
+    [ "$(dd if={dev} bs=512 count=1 iflag=direct 2>/dev/null | head -c 10)" = LOOP-STOP! ] && break
     b=$((1 + w * {PER_WORKER} + i % {PER_WORKER}))
     yes "viaduct-$w-$i" | head -c {BLOCK} > /tmp/p$w
     if dd if=/tmp/p$w of={dev} bs={BLOCK} seek=$b count=1 oflag=direct conv=fsync 2>/dev/null; then
@@ -102,6 +109,15 @@ pub fn verify_image(image: &Path, iterations: &[u64]) -> Result<u64, String> {
         }
     }
     Ok(checked)
+}
+
+/// Tells the guest's writers to stop (see [`STOP_MARK`]).
+pub fn write_stop_mark(image: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(image)?
+        .write_all_at(STOP_MARK, 0)
 }
 
 /// Whether sector 0 of `image` starts with `mark`.

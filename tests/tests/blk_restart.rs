@@ -18,7 +18,7 @@ use guest_kit::initramfs::guest_initramfs;
 use guest_kit::provision;
 use guest_kit::restart_load::{
     BLOCK, BLOCKS, DONE_MARK, PER_WORKER, START_MARK, Schedule, WORKERS, guest_script, marked,
-    verify_image, wait_in_flight, wait_mark,
+    verify_image, wait_in_flight, wait_mark, write_stop_mark,
 };
 
 /// SIGKILL/restart cycles: ten in CI; `VIADUCT_SOAK_KILLS=N` for a soak
@@ -30,10 +30,10 @@ fn kills() -> usize {
         .unwrap_or(10)
 }
 
-/// Guest seconds the loop runs: longer than the kill schedule (each cycle
-/// takes about a second).
+/// Guest seconds after which the loop stops on its own if the host never
+/// says so: far longer than the kill schedule (about a second a cycle).
 fn loop_secs(kills: usize) -> u32 {
-    30 + 2 * kills as u32
+    120 + 5 * kills as u32
 }
 
 fn start_daemon(image: &Path, sock: &Path, log: &Path) -> Daemon {
@@ -122,6 +122,7 @@ fn qemu_guest_survives_daemon_kills_without_losing_a_write() {
         "{kills} kills in {:.1} s, {aimed} of them as the region showed requests in flight",
         started.elapsed().as_secs_f64()
     );
+    write_stop_mark(&image).expect("stop mark");
     let run = guest.join().expect("guest thread").expect("run QEMU");
     let logs_text: Vec<String> = (0..=kills)
         .map(|n| std::fs::read_to_string(logs(n)).unwrap_or_default())
