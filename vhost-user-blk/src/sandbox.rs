@@ -19,16 +19,7 @@ use seccompiler::{BpfProgram, SeccompAction};
 use virtio_devices::seccomp;
 
 /// `--sandbox`: how strict the daemon is after start-up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SandboxMode {
-    /// seccomp kills the process on any syscall off the list; Landlock on.
-    On,
-    /// No sandbox (debugging, or kernels without seccomp).
-    Off,
-    /// Like `on`, but off-list syscalls are only logged by the kernel
-    /// (audit/dmesg) — for finding what a new code path needs.
-    Log,
-}
+pub use virtio_devices::seccomp::FilterMode as SandboxMode;
 
 /// Entering the sandbox failed.
 #[derive(Debug, thiserror::Error)]
@@ -182,13 +173,9 @@ fn landlock(exceptions: &[FsException]) -> Result<RulesetStatus, SandboxError> {
 /// `exceptions` is what the filesystem may still be used for (removing our
 /// listening socket on exit).
 pub fn enter(mode: SandboxMode, exceptions: &[FsException]) -> Result<(), SandboxError> {
-    let mismatch = match mode {
-        SandboxMode::Off => {
-            log::warn!("event=sandbox state=off");
-            return Ok(());
-        }
-        SandboxMode::On => SeccompAction::KillProcess,
-        SandboxMode::Log => SeccompAction::Log,
+    let Some(mismatch) = mode.mismatch() else {
+        log::warn!("event=sandbox state=off");
+        return Ok(());
     };
     let landlock = landlock(exceptions)?;
     seccomp::install_all_threads(&filter(mismatch)?)?;

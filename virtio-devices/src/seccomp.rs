@@ -12,6 +12,31 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
+/// `--sandbox` / `--seccomp`: how strict a binary is once it runs (the
+/// same choice for both daemons and viaduct).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FilterMode {
+    /// Off-list syscalls kill the process (the daemons also enter Landlock).
+    #[default]
+    On,
+    /// Like `on`, but off-list syscalls are only logged by the kernel
+    /// (audit/dmesg) — for finding what a new code path needs.
+    Log,
+    /// No filter (debugging, or kernels without seccomp).
+    Off,
+}
+
+impl FilterMode {
+    /// What an off-list syscall gets; `None`: no filter at all.
+    pub fn mismatch(self) -> Option<SeccompAction> {
+        match self {
+            FilterMode::On => Some(SeccompAction::KillProcess),
+            FilterMode::Log => Some(SeccompAction::Log),
+            FilterMode::Off => None,
+        }
+    }
+}
+
 /// Building or installing a filter failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {

@@ -14,16 +14,7 @@ use virtio_devices::seccomp;
 pub use virtio_devices::seccomp::SeccompError;
 
 /// `--seccomp`: how strict viaduct is once the VM runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum SeccompMode {
-    /// Off-list syscalls kill the process.
-    #[default]
-    On,
-    /// Off-list syscalls are logged by the kernel (audit/dmesg) only.
-    Log,
-    /// No filter.
-    Off,
-}
+pub use virtio_devices::seccomp::FilterMode as SeccompMode;
 
 /// Syscalls allowed with any arguments.
 const ALLOWED: &[i64] = &[
@@ -110,13 +101,9 @@ pub fn filter(mismatch: SeccompAction) -> Result<BpfProgram, SeccompError> {
 
 /// Installs the filters on every thread of the process.
 pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
-    let mismatch = match mode {
-        SeccompMode::Off => {
-            log::warn!("event=seccomp state=off");
-            return Ok(());
-        }
-        SeccompMode::On => SeccompAction::KillProcess,
-        SeccompMode::Log => SeccompAction::Log,
+    let Some(mismatch) = mode.mismatch() else {
+        log::warn!("event=seccomp state=off");
+        return Ok(());
     };
     seccomp::install_all_threads(&filter(mismatch)?)?;
     log::info!("event=seccomp state={mode:?} threads=all");
