@@ -105,6 +105,19 @@ if [ -e /sys/class/net/eth0 ]; then
     sleep 1
   done
   result ${T}_ping=${n:-0}
+  if [ -x /usr/sbin/ethtool ]; then
+    # Multiqueue: the driver asked for one pair per CPU at probe (through
+    # viaduct's control queue); switch to 1 and back, then send from
+    # each CPU (XPS maps CPU i to TX queue i; the TAP answers a flow on
+    # the queue it came from).
+    result ${T}_combined=$(/usr/sbin/ethtool -l eth0 | awk '/Current/{c=1} c&&/Combined/{print $2; exit}')
+    result ${T}_queues=$(ls /sys/class/net/eth0/queues | tr '\n' ,)
+    /usr/sbin/ethtool -L eth0 combined 1 && /usr/sbin/ethtool -L eth0 combined 2 && result ${T}_set_channels=ok
+    for c in 0 1; do
+      result ${T}_ping_cpu$c=$(taskset -c $c ping -c 3 -W 1 10.0.3.1 2>/dev/null | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+    done
+    result ${T}_mq_errors=$(dmesg | grep -c 'queue pairs')
+  fi
 fi
 # With L2API=1 on the command line, L1 drives a choreography through
 # viaduct's API; "go" lines come from L1 through viaduct's serial input.
@@ -244,9 +257,13 @@ result {t}_landed_md5=$(dd if={image} bs=1M skip=16 count=4 2>/dev/null | md5sum
     s
 }
 
-/// The net daemon L1 runs for the full-stack run (and restarts in it).
-const NET_DAEMON: &str =
-    "/opt/viaduct/bin/vhost-user-net --socket-path /tmp/net.sock --tap vtap0 --host-ip 10.0.3.1/24";
+/// The net daemon L1 runs for the full-stack run (and restarts in it):
+/// two queue pairs, which L2 (2 vCPUs) enables through viaduct's control
+/// queue.
+const NET_DAEMON: &str = "/opt/viaduct/bin/vhost-user-net --socket-path /tmp/net.sock --tap vtap0 --host-ip 10.0.3.1/24 --num-queue-pairs 2";
+
+/// Guest RAM of the full-stack run, in 2 MiB hugepages L1 reserves.
+pub const HUGE_GUEST_MIB: u32 = 256;
 
 /// How long L1 holds the VM paused.
 pub const PAUSE_SECS: u32 = 6;
@@ -268,6 +285,8 @@ pub const IDLE_SECS: u32 = 5;
 ///    and ends the VMM with `viaduct ctl shutdown`.
 fn api_choreography(t: &str, serve: &str, sock: &str, image: &str) -> String {
     let block = restart_load::BLOCK;
+    let mem = HUGE_GUEST_MIB;
+    let pages = HUGE_GUEST_MIB / 2;
     format!(
         r#"wait_l2() {{ for i in $(seq 600); do grep -q "$1" /tmp/l2.out 2>/dev/null && return 0; sleep 0.5; done; result {t}_timeout="$1"; return 1; }}
 ctl() {{ {L1_BIN_DIR}/viaduct ctl --api-socket /tmp/vm.api "$@"; }}
@@ -284,13 +303,16 @@ aim() {{
 }}
 total_exits() {{ ctl info | grep -o '"total":[0-9]*' | cut -d: -f2; }}
 # busybox nc quits when its stdin ends: hold it open with a FIFO.
+# Guest RAM in hugepages: reserve exactly what it needs.
+echo {pages} > /proc/sys/vm/nr_hugepages
+result {t}_hugepages_reserved=$(cat /proc/sys/vm/nr_hugepages)
 mkfifo /tmp/hold; sleep 600 > /tmp/hold & HOLD=$!
 nc -l -p 5000 < /tmp/hold > /tmp/tcp.rx &
 NC=$!
 rm -f /tmp/l2in; mkfifo /tmp/l2in
 ( RUST_LOG=info {L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/bz --initramfs {L1_GUEST_DIR}/l2.cpio \
-  --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG={t} L2API=1' --cpus 2 --memory 256M \
-  --disk socket={sock},num_queues=2 --net socket=/tmp/net.sock,mac={L2_MAC} \
+  --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG={t} L2API=1' --cpus 2 --memory {mem}M,hugepages=on \
+  --disk socket={sock},num_queues=2 --net socket=/tmp/net.sock,mac={L2_MAC},num_queue_pairs=2 \
   --api-socket /tmp/vm.api < /tmp/l2in; echo $? > /tmp/vexit ) | tee /tmp/l2.out &
 V=$!
 exec 3> /tmp/l2in
@@ -299,6 +321,13 @@ if wait_l2 {t}_phase=load; then
   kill $NC 2>/dev/null
   result {t}_tcp_rx_md5=$(md5sum < /tmp/tcp.rx | cut -d' ' -f1) {t}_tcp_rx_bytes=$(wc -c < /tmp/tcp.rx)
   result {t}_info_idle=$(ctl info)
+  # Hugepages in use: only viaduct's guest RAM uses them in L1.
+  result {t}_hugepages_used=$(awk '/HugePages_Total/{{t=$2}} /HugePages_Free/{{f=$2}} /HugePages_Rsvd/{{r=$2}} END {{print t-f+r}}' /proc/meminfo)
+  # The net daemon's per-queue counters (SIGUSR1 logs them).
+  kill -USR1 $N; sleep 0.5
+  for p in 0 1; do for d in rx tx; do
+    result {t}_pair${{p}}_$d=$(grep "counters pair=$p dir=$d " /tmp/net-daemon.log | tail -n 1 | sed 's/.*packets=\([0-9]*\).*/\1/')
+  done; done
   kills=0; aimed=0
   for k in $(seq {BLK_KILLS}); do
     usleep $(( (${{RANDOM:-500}} % 800 + 200) * 1000 ))
@@ -430,13 +459,21 @@ pub fn logged_rss_kib(console: &Console) -> Vec<u64> {
         .collect()
 }
 
-/// Writes the L2 initramfs (busybox, virtio_blk, virtio_net, [`l2_scenario`]).
-pub fn l2_initramfs(kernel: &GuestKernel, work: &Path) -> Result<PathBuf, SelfTestError> {
+/// Writes the L2 initramfs (busybox, virtio_blk, virtio_net, [`l2_scenario`]),
+/// with the host's ethtool for runs that check a multiqueue NIC.
+pub fn l2_initramfs(
+    kernel: &GuestKernel,
+    work: &Path,
+    ethtool: bool,
+) -> Result<PathBuf, SelfTestError> {
     let tree = ModuleTree::open(&kernel.modules)?;
     let mut l2 = Initramfs::new();
     l2.busybox()?
         .modules(&tree, &["virtio_blk", "virtio_net"])?
         .scenario(&l2_scenario());
+    if ethtool {
+        l2.binary("/usr/sbin/ethtool", Path::new("/usr/sbin/ethtool"))?;
+    }
     let path = work.join("l2.cpio");
     l2.write(&path)?;
     Ok(path)
@@ -450,7 +487,7 @@ pub fn boot_l2(
 ) -> Result<Report, SelfTestError> {
     let start = Instant::now();
     let viaduct = project_binary("viaduct")?;
-    let l2_path = l2_initramfs(kernel, work)?;
+    let l2_path = l2_initramfs(kernel, work, false)?;
 
     let mut img = HostB::base_initramfs(kernel, &[("viaduct", &viaduct)])?;
     img.host_file(&format!("{L1_GUEST_DIR}/l2.cpio"), &l2_path, 0o644)?;
@@ -548,7 +585,7 @@ pub fn boot_l2_with_disk(
 ) -> Result<Report, SelfTestError> {
     let start = Instant::now();
     let viaduct = project_binary("viaduct")?;
-    let l2_path = l2_initramfs(kernel, work)?;
+    let l2_path = l2_initramfs(kernel, work, backends.contains(&DiskBackend::Viaduct))?;
     let mut img = HostB::base_initramfs(kernel, &[("viaduct", &viaduct)])?;
     for b in backends {
         match b {
@@ -613,7 +650,12 @@ pub fn boot_l2_with_disk(
         ));
         if *b == DiskBackend::Viaduct {
             c.expect(&k("mac"), L2_MAC)?;
-            c.expect(&k("net_msix"), "3")?;
+            // 2 pairs + config, and the control queue's if the driver
+            // gives it one (Linux polls it).
+            let msix = c.get(&k("net_msix"))?;
+            check(msix == "5" || msix == "6", || {
+                format!("L2's NIC has {msix} MSI-X vectors, not 5 or 6")
+            })?;
             let replies: u32 = c.get(&k("ping"))?.parse().unwrap_or(0);
             if replies == 0 {
                 return Err(SelfTestError::Check(format!(
@@ -624,6 +666,7 @@ pub fn boot_l2_with_disk(
             facts.push(format!(
                 "L2 NIC from vhost-user-net has the MAC viaduct set ({L2_MAC}) and pinged L1's TAP ({replies} replies)"
             ));
+            facts.extend(check_multiqueue(c, t)?);
             facts.extend(check_api_choreography(c, t)?);
         }
     }
@@ -632,6 +675,53 @@ pub fn boot_l2_with_disk(
         elapsed: start.elapsed(),
         facts,
     })
+}
+
+/// The NIC's two queue pairs: L2's driver enabled both through viaduct's
+/// control queue (at probe, then 1 and 2 again with `ethtool -L`), and
+/// frames crossed each pair in both directions (the net daemon's
+/// per-queue counters); guest RAM came from L1's hugepages.
+fn check_multiqueue(c: &Console, t: &str) -> Result<Vec<String>, SelfTestError> {
+    let k = |key: &str| format!("{t}_{key}");
+    c.expect(&k("combined"), "2")?;
+    c.expect(&k("queues"), "rx-0,rx-1,tx-0,tx-1,")?;
+    c.expect(&k("set_channels"), "ok")?;
+    c.expect(&k("mq_errors"), "0")?;
+    for cpu in ["cpu0", "cpu1"] {
+        let n: u32 = c.get(&k(&format!("ping_{cpu}")))?.parse().unwrap_or(0);
+        check(n > 0, || format!("L2 could not ping L1 from {cpu}"))?;
+    }
+    let mut counts = Vec::new();
+    for p in ["pair0", "pair1"] {
+        for d in ["rx", "tx"] {
+            let n: u64 = c.get(&k(&format!("{p}_{d}")))?.parse().unwrap_or(0);
+            check(n > 0, || {
+                format!("the net daemon counted no {d} frame on {p}\n{}", c.tail(60))
+            })?;
+            counts.push(format!("{p} {d} {n}"));
+        }
+    }
+    check(
+        c.text().contains("event=queue_pairs") && c.text().contains("pairs=2"),
+        || "viaduct logged no queue-pair change from its control queue".into(),
+    )?;
+    let pages = HUGE_GUEST_MIB / 2;
+    c.expect(&k("hugepages_reserved"), &pages.to_string())?;
+    // Nothing else in L1 uses hugepages: pages in use are guest RAM the
+    // guest touched (mapped MAP_NORESERVE, so untouched ones stay free).
+    let used: u32 = c.get(&k("hugepages_used"))?.parse().unwrap_or(0);
+    check(used > 0 && used <= pages, || {
+        format!("{used} of L1's {pages} hugepages in use while L2 ran")
+    })?;
+    Ok(vec![
+        format!(
+            "num_queue_pairs=2: L2's virtio_net probed (CTRL_VQ + MQ from viaduct), `ethtool -l` shows 2 combined, `ethtool -L` 1 then 2 went through viaduct's control queue; frames per queue in the net daemon: {}",
+            counts.join(", ")
+        ),
+        format!(
+            "guest RAM from hugetlbfs (--memory {HUGE_GUEST_MIB}M,hugepages=on): {used} of the {pages} 2 MiB pages L1 reserved were in use (what L2 touched) while both daemons served it"
+        ),
+    ])
 }
 
 fn info_json(c: &Console, key: &str) -> Result<serde_json::Value, SelfTestError> {
@@ -774,7 +864,7 @@ fn check_api_choreography(c: &Console, t: &str) -> Result<Vec<String>, SelfTestE
 pub fn boot_l2_panic(kernel: &GuestKernel, work: &Path) -> Result<Report, SelfTestError> {
     let start = Instant::now();
     let viaduct = project_binary("viaduct")?;
-    let l2_path = l2_initramfs(kernel, work)?;
+    let l2_path = l2_initramfs(kernel, work, false)?;
     let mut img = HostB::base_initramfs(kernel, &[("viaduct", &viaduct)])?;
     img.host_file(&format!("{L1_GUEST_DIR}/l2.cpio"), &l2_path, 0o644)?;
     img.host_file(&format!("{L1_GUEST_DIR}/bz"), &kernel.bzimage, 0o644)?;

@@ -4,7 +4,9 @@
 //! its socket again, which then gets the device's rings back (see
 //! `VhostUserDevice::reconnect`). Each device's vring error eventfd is
 //! watched too: a backend that found a ring corrupt gets the device marked
-//! NEEDS_RESET for the driver.
+//! NEEDS_RESET for the driver. A NIC's control queue is served here too:
+//! its doorbell's ioeventfd is in the epoll set and a kick has the device
+//! process the queue (the backend never sees that queue).
 
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,6 +17,7 @@ use std::os::fd::AsRawFd;
 use virtio_devices::transport::virtio_pci::VirtioPciDevice;
 use virtio_devices::vhost_user::VhostUserDevice;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 
 /// How often a lost backend is retried.
 pub const RETRY_EVERY: Duration = Duration::from_millis(200);
@@ -26,6 +29,8 @@ pub struct Watched {
     pub transport: Arc<Mutex<VirtioPciDevice>>,
     fd: Option<RawFd>,
     failures: u32,
+    /// The control queue's kick eventfd (a NIC's), duplicated.
+    ctrl_kick: Option<EventFd>,
 }
 
 /// What an epoll token of ours means.
@@ -35,13 +40,16 @@ pub enum Event {
     HangUp(usize),
     /// Device `i`'s backend reported a broken ring.
     RingError(usize),
+    /// The driver kicked device `i`'s control queue.
+    CtrlKick(usize),
 }
 
 /// How many devices the token ranges leave room for.
 const MAX_DEVICES: u64 = 0x100;
 
-/// All of them, with epoll tokens `base + index` (hang-ups) and
-/// `base + MAX_DEVICES + index` (ring errors).
+/// All of them, with epoll tokens `base + index` (hang-ups),
+/// `base + MAX_DEVICES + index` (ring errors) and
+/// `base + 2 * MAX_DEVICES + index` (control-queue kicks).
 pub struct Backends {
     list: Vec<Watched>,
     base: u64,
@@ -57,12 +65,18 @@ impl Watched {
         device: Arc<Mutex<VhostUserDevice>>,
         transport: Arc<Mutex<VirtioPciDevice>>,
     ) -> Self {
+        let ctrl = lock(&device).kind().ctrl_queue_index();
+        let ctrl_kick = ctrl.and_then(|i| {
+            let t = transport.lock().unwrap_or_else(|e| e.into_inner());
+            t.queue_kick(i).and_then(|k| k.try_clone().ok())
+        });
         Self {
             id,
             device,
             transport,
             fd: None,
             failures: 0,
+            ctrl_kick,
         }
     }
 }
@@ -78,13 +92,24 @@ impl Backends {
     /// What a token means, if it is one of ours.
     pub fn event_of(&self, token: u64) -> Option<Event> {
         let off = token.checked_sub(self.base)?;
-        let (i, ev): (u64, fn(usize) -> Event) = if off < MAX_DEVICES {
-            (off, Event::HangUp)
-        } else {
-            (off - MAX_DEVICES, Event::RingError)
+        let (i, ev): (u64, fn(usize) -> Event) = match off / MAX_DEVICES {
+            0 => (off, Event::HangUp),
+            1 => (off - MAX_DEVICES, Event::RingError),
+            2 => (off - 2 * MAX_DEVICES, Event::CtrlKick),
+            _ => return None,
         };
         let i = usize::try_from(i).ok()?;
         (i < self.list.len()).then(|| ev(i))
+    }
+
+    /// The driver kicked device `i`'s control queue: serve it.
+    pub fn ctrl_kick(&mut self, i: usize) {
+        let w = &self.list[i];
+        if let Some(k) = &w.ctrl_kick {
+            // Drain first: a kick after this is a new one.
+            let _ = k.read();
+        }
+        lock(&w.device).process_ctrl_queue();
     }
 
     /// A backend said a ring of device `i` is corrupt: NEEDS_RESET.
@@ -128,6 +153,13 @@ impl Backends {
                 EpollEvent::new(EventSet::IN, token),
             ) {
                 log::warn!("cannot watch ring errors of {}: {e}", self.list[i].id);
+            }
+            if let Some(k) = &self.list[i].ctrl_kick {
+                let token = self.base + 2 * MAX_DEVICES + i as u64;
+                let ev = EpollEvent::new(EventSet::IN, token);
+                if let Err(e) = epoll.ctl(ControlOperation::Add, k.as_raw_fd(), ev) {
+                    log::warn!("cannot watch the control queue of {}: {e}", self.list[i].id);
+                }
             }
         }
     }
@@ -184,5 +216,10 @@ mod tests {
         };
         assert_eq!(b.event_of(0x100), None, "no devices");
         assert_eq!(b.event_of(0x50), None);
+        let b = Backends {
+            list: Vec::new(),
+            base: 0x100,
+        };
+        assert_eq!(b.event_of(0x100 + 3 * MAX_DEVICES), None, "past the ranges");
     }
 }

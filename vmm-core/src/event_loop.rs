@@ -114,6 +114,7 @@ pub fn run(lifecycle: &Lifecycle, mut src: Sources) -> Result<(), EventLoopError
                 t => match src.backends.event_of(t) {
                     Some(Event::HangUp(i)) => src.backends.hung_up(i, &epoll),
                     Some(Event::RingError(i)) => src.backends.ring_error(i),
+                    Some(Event::CtrlKick(i)) => src.backends.ctrl_kick(i),
                     None => {}
                 },
             }

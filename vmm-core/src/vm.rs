@@ -240,8 +240,14 @@ impl Vm {
             let kind = DeviceKind::Block {
                 num_queues: d.num_queues,
             };
-            let dev = VhostUserDevice::connect(&d.socket, kind, d.queue_size, regions.clone())
-                .map_err(|e| VmError::VhostUser(format!("disk {}", d.socket.display()), e))?;
+            let dev = VhostUserDevice::connect(
+                &d.socket,
+                kind,
+                d.queue_size,
+                regions.clone(),
+                self.ram.mem.clone(),
+            )
+            .map_err(|e| VmError::VhostUser(format!("disk {}", d.socket.display()), e))?;
             devices.push((
                 format!("disk{i}"),
                 format!("disk {}", d.socket.display()),
@@ -253,8 +259,14 @@ impl Vm {
                 mac: n.mac,
                 queue_pairs: n.num_queue_pairs,
             };
-            let dev = VhostUserDevice::connect(&n.socket, kind, n.queue_size, regions.clone())
-                .map_err(|e| VmError::VhostUser(format!("net {}", n.socket.display()), e))?;
+            let dev = VhostUserDevice::connect(
+                &n.socket,
+                kind,
+                n.queue_size,
+                regions.clone(),
+                self.ram.mem.clone(),
+            )
+            .map_err(|e| VmError::VhostUser(format!("net {}", n.socket.display()), e))?;
             devices.push((
                 format!("net{i}"),
                 format!("net {}", n.socket.display()),

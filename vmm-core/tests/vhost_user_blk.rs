@@ -135,9 +135,14 @@ fn read_a_sector(backend: Backend, tag: &str) {
             file_offset: r.file_offset,
         })
         .collect();
-    let mut dev =
-        VhostUserDevice::connect(&sock, DeviceKind::Block { num_queues: 1 }, 128, regions)
-            .expect("vhost-user handshake");
+    let mut dev = VhostUserDevice::connect(
+        &sock,
+        DeviceKind::Block { num_queues: 1 },
+        128,
+        regions,
+        ram.mem.clone(),
+    )
+    .expect("vhost-user handshake");
     assert_eq!(dev.device_type(), 2);
     assert_ne!(dev.features() & (1 << 32), 0, "VERSION_1 offered");
     assert_eq!(

@@ -8,10 +8,13 @@
 //! * [`mrg`]: how a received frame is spread over several guest buffers with
 //!   `VIRTIO_NET_F_MRG_RXBUF`.
 //! * [`config`]: the device configuration space layout.
+//! * [`ctrl`]: control-queue commands (RX mode, MAC table, queue pairs),
+//!   parsed and checked against what was negotiated.
 //!
 //! Nothing here opens sockets or TAPs; unit tests drive it with plain buffers.
 
 pub mod config;
+pub mod ctrl;
 pub mod features;
 pub mod header;
 pub mod mrg;

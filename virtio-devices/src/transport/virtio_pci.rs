@@ -202,6 +202,12 @@ impl VirtioPciDevice {
         true
     }
 
+    /// The eventfd queue `index`'s doorbell signals (its KVM ioeventfd),
+    /// for a queue the VMM serves itself.
+    pub fn queue_kick(&self, index: u16) -> Option<&EventFd> {
+        self.kicks.get(usize::from(index))
+    }
+
     /// The driver's status byte (DRIVER_OK = 4 once it runs the device).
     pub fn driver_status(&self) -> u8 {
         self.common.status

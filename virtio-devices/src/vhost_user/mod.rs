@@ -15,7 +15,12 @@
 //! reconnect, and drops it at driver reset, as QEMU does: the restarted
 //! backend resubmits the requests its predecessor had taken but not
 //! completed. Without it, those requests are lost.
+//!
+//! A NIC's control queue (the last queue) never reaches the backend: the
+//! VMM serves it ([`ctrl_queue`]) and turns a queue-pair change into
+//! SET_VRING_ENABLE on the data rings.
 
+pub mod ctrl_queue;
 pub mod features;
 pub mod rings;
 
@@ -28,11 +33,16 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use ctrl_queue::{CtrlQueue, GuestMem};
 pub use features::DeviceKind;
-use features::VHOST_USER_F_PROTOCOL_FEATURES;
+use features::{
+    VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ,
+    VIRTIO_RING_F_EVENT_IDX,
+};
 use rings::{SavedQueue, used_idx};
 pub use rings::{ring_hva, ring_sizes};
 
+use crate::net::ctrl::{CtrlCommand, CtrlFeatures};
 use crate::transport::{ActivateError, QueueConfig, VirtioDevice};
 
 /// Why the backend could not be used.
@@ -54,6 +64,8 @@ pub enum VhostUserError {
     FeaturesLost(u64),
     #[error("cannot create or duplicate a queue eventfd")]
     DupEventFd(#[source] std::io::Error),
+    #[error(transparent)]
+    CtrlQueue(#[from] ctrl_queue::CtrlQueueError),
 }
 
 /// One piece of guest RAM as the backend must map it.
@@ -91,7 +103,7 @@ struct Session {
 }
 
 fn handshake(socket: &Path, kind: &DeviceKind) -> Result<Session, VhostUserError> {
-    let want = kind.num_queues();
+    let want = kind.backend_queues();
     let mut fe = Frontend::connect(socket, u64::from(want))
         .map_err(|e| VhostUserError::Connect(socket.display().to_string(), e))?;
     let req = |what| move |e| VhostUserError::Request(what, e);
@@ -149,14 +161,14 @@ fn send_mem_table(fe: &mut Frontend, regions: &[GuestRegion]) -> Result<(), Vhos
         .map_err(|e| VhostUserError::Request("SET_MEM_TABLE", e))
 }
 
-/// Starts one ring in the backend at `base`; `err` is signalled by a
-/// backend that finds the ring corrupt.
+/// Starts one ring in the backend at `base`, enabled or not; `err` is
+/// signalled by a backend that finds the ring corrupt.
 fn start_ring(
     fe: &mut Frontend,
     regions: &[GuestRegion],
     max_size: u16,
     q: &SavedQueue,
-    base: u16,
+    (base, enable): (u16, bool),
     err: &EventFd,
 ) -> Result<(), VhostUserError> {
     let req = |what| move |e| VhostUserError::Request(what, e);
@@ -182,8 +194,15 @@ fn start_ring(
     fe.set_vring_err(i, err).map_err(req("SET_VRING_ERR"))?;
     fe.set_vring_kick(i, &q.kick)
         .map_err(req("SET_VRING_KICK"))?;
-    fe.set_vring_enable(i, true)
+    fe.set_vring_enable(i, enable)
         .map_err(req("SET_VRING_ENABLE"))
+}
+
+/// Whether ring `index` runs: a NIC with MQ negotiated starts with one
+/// pair (`active_pairs`), and the driver asks for more through the control
+/// queue; every ring of a disk runs.
+fn ring_enabled(kind: &DeviceKind, active_pairs: u16, index: u16) -> bool {
+    index / 2 < active_pairs || !matches!(kind, DeviceKind::Net { .. })
 }
 
 /// A virtio device served by a vhost-user backend.
@@ -207,6 +226,12 @@ pub struct VhostUserDevice {
     protocol: VhostUserProtocolFeatures,
     /// The in-flight region (INFLIGHT_SHMFD) while the driver runs.
     inflight: Option<(VhostUserInflight, File)>,
+    /// Guest RAM, for the queue the VMM serves itself.
+    mem: GuestMem,
+    /// A NIC's control queue while the driver runs it.
+    ctrl: Option<CtrlQueue>,
+    /// Queue pairs whose rings are enabled (a NIC's; all without MQ).
+    active_pairs: u16,
 }
 
 impl VhostUserDevice {
@@ -217,6 +242,7 @@ impl VhostUserDevice {
         kind: DeviceKind,
         queue_size: u16,
         regions: Vec<GuestRegion>,
+        mem: GuestMem,
     ) -> Result<Self, VhostUserError> {
         let s = handshake(socket, &kind)?;
         let offered = kind.offered_features(s.backend_features);
@@ -239,7 +265,62 @@ impl VhostUserDevice {
             error: EventFd::new(EFD_NONBLOCK).map_err(VhostUserError::DupEventFd)?,
             protocol: s.protocol,
             inflight: None,
+            mem,
+            ctrl: None,
+            active_pairs: u16::MAX,
         })
+    }
+
+    /// Serves the control queue after its kick (the event loop calls this).
+    pub fn process_ctrl_queue(&mut self) {
+        let Some(mut ctrl) = self.ctrl.take() else {
+            return;
+        };
+        let result = ctrl.process(|cmd| match cmd {
+            CtrlCommand::QueuePairs(n) => self.set_queue_pairs(n),
+            _ => true,
+        });
+        match result {
+            Ok(served) => {
+                for s in served {
+                    log::debug!(
+                        "event=ctrl_command socket={} served={s:?}",
+                        self.socket.display()
+                    );
+                }
+            }
+            Err(e) => log::error!(
+                "event=ctrl_queue_stopped socket={} error=\"{e}\"",
+                self.socket.display()
+            ),
+        }
+        self.ctrl = Some(ctrl);
+    }
+
+    /// VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET: enables the rings of pairs
+    /// `0..n` and disables the others. A lost backend gets the count when
+    /// it comes back.
+    fn set_queue_pairs(&mut self, n: u16) -> bool {
+        self.active_pairs = n;
+        log::info!(
+            "event=queue_pairs socket={} pairs={n}",
+            self.socket.display()
+        );
+        if !self.connected {
+            return true;
+        }
+        let rings: Vec<u16> = self.saved.iter().map(|q| q.index).collect();
+        for index in rings {
+            let enable = ring_enabled(&self.kind, n, index);
+            if let Err(e) = self.frontend.set_vring_enable(usize::from(index), enable) {
+                log::warn!(
+                    "event=ring_enable_failed socket={} queue={index} enable={enable} error=\"{e}\"",
+                    self.socket.display()
+                );
+                return false;
+            }
+        }
+        true
     }
 
     /// Gets the in-flight region if there is none yet and hands it to the
@@ -262,7 +343,7 @@ impl VhostUserDevice {
             let ask = VhostUserInflight {
                 mmap_size: 0,
                 mmap_offset: 0,
-                num_queues: self.kind.num_queues(),
+                num_queues: self.kind.backend_queues(),
                 queue_size: self.queue_size,
             };
             match self.frontend.get_inflight_fd(&ask) {
@@ -344,7 +425,7 @@ impl VhostUserDevice {
                     &self.regions,
                     self.queue_size,
                     q,
-                    base,
+                    (base, ring_enabled(&self.kind, self.active_pairs, q.index)),
                     &self.error,
                 )?;
                 log::info!(
@@ -396,14 +477,36 @@ impl VhostUserDevice {
     }
 
     fn start(&mut self, features: u64, queues: &[QueueConfig]) -> Result<(), VhostUserError> {
-        let acked = (features & self.backend_features) | VHOST_USER_F_PROTOCOL_FEATURES;
+        // The driver's view (what it acked of our offer) decides the
+        // control queue; the backend gets its share without the features
+        // the VMM implements itself.
+        let driver = features & self.offered;
+        let acked = self.kind.backend_features(features & self.backend_features)
+            | VHOST_USER_F_PROTOCOL_FEATURES;
+        let mq = driver & VIRTIO_NET_F_MQ != 0;
+        self.active_pairs = if mq { 1 } else { u16::MAX };
+        let ctrl_index = self.kind.ctrl_queue_index();
+        let ctrl_cfg = queues.iter().find(|q| Some(q.index) == ctrl_index);
+        if let (Some(q), DeviceKind::Net { queue_pairs, .. }) = (ctrl_cfg, &self.kind) {
+            if driver & VIRTIO_NET_F_CTRL_VQ != 0 {
+                let allowed = CtrlFeatures {
+                    rx: driver & VIRTIO_NET_F_CTRL_RX != 0,
+                    max_queue_pairs: mq.then_some(*queue_pairs),
+                };
+                let event_idx = driver & VIRTIO_RING_F_EVENT_IDX != 0;
+                self.ctrl = Some(CtrlQueue::new(self.mem.clone(), q, event_idx, allowed)?);
+            }
+        }
         self.share_inflight()?;
         self.frontend
             .set_features(acked)
             .map_err(|e| VhostUserError::Request("SET_FEATURES", e))?;
         self.acked = Some(acked);
         send_mem_table(&mut self.frontend, &self.regions)?;
-        for q in queues {
+        for q in queues
+            .iter()
+            .filter(|q| q.index < self.kind.backend_queues())
+        {
             let saved = SavedQueue {
                 index: q.index,
                 size: q.size,
@@ -418,11 +521,13 @@ impl VhostUserDevice {
                 &self.regions,
                 self.queue_size,
                 &saved,
-                0,
+                (0, ring_enabled(&self.kind, self.active_pairs, saved.index)),
                 &self.error,
             )?;
             self.saved.push(saved);
         }
+        // Commands the driver queued before DRIVER_OK reached us.
+        self.process_ctrl_queue();
         Ok(())
     }
 }
@@ -482,6 +587,8 @@ impl VirtioDevice for VhostUserDevice {
 
     fn reset(&mut self) {
         self.acked = None;
+        self.ctrl = None;
+        self.active_pairs = u16::MAX;
         // The rings are stopped below with nothing in flight; the next
         // start gets a fresh region, as QEMU does.
         self.inflight = None;
@@ -510,6 +617,7 @@ mod tests {
             DeviceKind::Block { num_queues: 1 },
             256,
             rings::tests::regions(),
+            GuestMem::default(),
         )
         .err()
         .map(|e| e.to_string())
