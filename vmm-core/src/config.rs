@@ -323,7 +323,7 @@ impl VmConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -404,6 +404,26 @@ mod tests {
         assert_eq!(check_cpus(2), Ok(2));
         assert!(check_cpus(0).is_err());
         assert!(check_cpus(MAX_CPUS + 1).is_err());
+    }
+
+    /// A configuration with nothing but a kernel path (for other modules' tests).
+    pub(crate) fn minimal() -> VmConfig {
+        VmConfig {
+            kernel: "/nonexistent/vmlinuz".into(),
+            initramfs: None,
+            cmdline: DEFAULT_CMDLINE.into(),
+            cpus: 1,
+            memory: MemoryConfig {
+                size: 256 << 20,
+                hugepages: false,
+            },
+            disks: vec![],
+            nets: vec![],
+            vfio: vec![],
+            serial: SerialMode::Stdio,
+            api_socket: None,
+            seccomp: Default::default(),
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod devices;
 pub mod event_loop;
 pub mod kvm_check;
+pub mod landlock;
 pub mod lifecycle;
 pub mod memory;
 pub mod pci;

@@ -85,7 +85,9 @@ struct Cli {
     api_socket: Option<PathBuf>,
     /// Once the VM runs, confine viaduct with seccomp: `on` kills it on any
     /// syscall off the list, `log` only logs such calls (kernel audit log),
-    /// `off` disables the filter (debugging).
+    /// `off` disables the filter (debugging). With `on` and `log`, a
+    /// Landlock domain also closes the filesystem but /dev/kvm, /dev/vfio
+    /// and the API socket's directory.
     #[arg(long, value_enum, default_value_t = SeccompMode::On)]
     seccomp: SeccompMode,
 }

@@ -88,6 +88,8 @@ pub enum VmError {
     Pause(#[from] PauseError),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error(transparent)]
+    Landlock(#[from] crate::landlock::LandlockError),
 }
 
 /// A KVM VM with its RAM, buses and lifecycle.
@@ -368,6 +370,9 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, VmError> {
         cfg.cpus,
         cfg.memory.size,
     );
+    // Everything is open: close the filesystem before the vCPU threads
+    // start (they inherit the Landlock domain).
+    crate::landlock::install(cfg)?;
     let mut handles = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         handles.push(vcpu.spawn()?);
