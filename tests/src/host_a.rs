@@ -19,6 +19,8 @@ pub struct HostA {
     devices: Vec<String>,
     chardevs: usize,
     reconnect_ms: Option<u32>,
+    /// Guest RAM in a file on this hugetlbfs instead of a memfd.
+    hugetlbfs: Option<PathBuf>,
 }
 
 impl HostA {
@@ -31,6 +33,7 @@ impl HostA {
             devices: Vec::new(),
             chardevs: 0,
             reconnect_ms: None,
+            hugetlbfs: None,
         }
     }
 
@@ -102,6 +105,13 @@ impl HostA {
         self
     }
 
+    /// Guest RAM as a shared file on the hugetlbfs mounted at `dir`
+    /// (`memory-backend-file,mem-path=DIR,share=on`).
+    pub fn hugetlbfs(&mut self, dir: &Path) -> &mut Self {
+        self.hugetlbfs = Some(dir.to_path_buf());
+        self
+    }
+
     /// Raw extra QEMU arguments.
     pub fn qemu_args(&mut self, args: &[&str]) -> &mut Self {
         self.devices.extend(args.iter().map(|s| s.to_string()));
@@ -132,7 +142,13 @@ impl HostA {
         .args(["-m", &format!("{mem}M"), "-smp", &self.cpus.to_string()])
         .args([
             "-object",
-            &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+            &match &self.hugetlbfs {
+                None => format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+                Some(dir) => format!(
+                    "memory-backend-file,id=mem,size={mem}M,mem-path={},share=on",
+                    dir.display()
+                ),
+            },
         ])
         .args(["-machine", "q35,memory-backend=mem"])
         .arg("-kernel")

@@ -13,6 +13,7 @@
 //! - [`host_a`]: test host A, a TCG guest with vhost-user devices;
 //! - [`host_b`]: test host B, a nested KVM host with an IOMMU, an SR-IOV NIC
 //!   and an NVMe controller;
+//! - [`hugepages`]: host hugepages and a hugetlbfs for a test, restored after;
 //! - [`wire`]: the host end of test host B's igb wire (ARP/ICMP responder).
 
 pub mod binaries;
@@ -22,6 +23,7 @@ pub mod cpio;
 pub mod daemon;
 pub mod host_a;
 pub mod host_b;
+pub mod hugepages;
 pub mod initramfs;
 pub mod kernel;
 pub mod l2;
