@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use virtio_devices::pci::BarRegion;
+use pci::BarRegion;
 
 /// Why a BAR area could not be mapped.
 #[derive(Debug, thiserror::Error)]

@@ -12,9 +12,9 @@
 //! offset and size. Pure: the device is reached through [`ConfigSpace`],
 //! so unit tests run on a fabricated configuration space.
 
-use virtio_devices::pci::BarRegion;
+use pci::BarRegion;
 
-use crate::msi_cap::{MsiCap, MsiRegs};
+use pci::msi_cap::{MsiCap, MsiRegs};
 
 /// Where the real configuration space is read and written (the VFIO
 /// config region in production, a byte array in tests).

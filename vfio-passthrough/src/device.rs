@@ -10,11 +10,11 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
+use pci::{BarRegion, MsiRoutes, PciDevice};
 use vfio_bindings::bindings::vfio::{
     VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
 };
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
-use virtio_devices::pci::{BarRegion, MsiRoutes, PciDevice};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bars::{Area, BarMaps, SlotAllocator, mappable_areas};

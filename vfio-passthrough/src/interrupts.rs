@@ -8,8 +8,8 @@
 
 use std::os::fd::AsRawFd;
 
-use virtio_devices::pci::msix::MsixChange;
-use virtio_devices::pci::{MsiRoutes, Msix};
+use pci::msix::MsixChange;
+use pci::{MsiRoutes, Msix};
 use vmm_sys_util::eventfd::EventFd;
 
 /// How MSI-X is switched on and off in the device (VFIO in production).
@@ -165,8 +165,8 @@ impl MsixInterrupts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pci::MsiMessage;
     use std::sync::{Arc, Mutex};
-    use virtio_devices::pci::MsiMessage;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     type Log = Arc<Mutex<Vec<String>>>;

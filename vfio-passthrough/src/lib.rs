@@ -6,7 +6,7 @@
 //!   [`session`] (container, DMA, open/reset/shutdown), [`device`] (the
 //!   PCI function the VMM's bus drives), [`config`] (config-space
 //!   virtualization), [`bars`] (BARs as KVM memory slots),
-//!   [`interrupts`] (MSI-X to irqfd), [`msi_cap`] and [`msi`] (MSI),
+//!   [`interrupts`] (MSI-X to irqfd), [`msi`] (MSI, over `pci::msi_cap`),
 //!   [`intx`] (INTx with a resampling irqfd), [`dma`],
 //!   [`reset`], [`vf`] (mac/vlan).
 
@@ -18,7 +18,6 @@ pub mod group;
 pub mod interrupts;
 pub mod intx;
 pub mod msi;
-pub mod msi_cap;
 pub mod reset;
 pub mod session;
 pub mod sriov;

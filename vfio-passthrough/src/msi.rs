@@ -1,16 +1,16 @@
 //! MSI (not MSI-X) of a passed-through function: the guest programs the
-//! emulated capability ([`crate::msi_cap::MsiRegs`]); here each enabled
+//! emulated capability ([`pci::msi_cap::MsiRegs`]); here each enabled
 //! vector gets the VMM's eventfd, handed both to VFIO
 //! (VFIO_PCI_MSI_IRQ_INDEX) and to KVM (an irqfd on the vector's GSI
 //! route), as for MSI-X. Address, data or mask changes only rewrite
 //! routes; a change in the number of vectors re-enables MSI in the device
 //! with the new count (VFIO cannot resize a live MSI set).
 
-use virtio_devices::pci::MsiRoutes;
+use pci::MsiRoutes;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::interrupts::{InterruptError, notifiers};
-use crate::msi_cap::MsiRegs;
+use pci::msi_cap::MsiRegs;
 
 /// How MSI is switched on and off in the device (VFIO in production).
 pub trait MsiBackend: Send {
@@ -87,11 +87,11 @@ impl MsiInterrupts {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use virtio_devices::pci::MsiMessage;
+    use pci::MsiMessage;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     use super::*;
-    use crate::msi_cap::MsiCap;
+    use pci::msi_cap::MsiCap;
 
     #[derive(Default)]
     struct Log {

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
+use pci::MsiRoutes;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError};
-use virtio_devices::pci::MsiRoutes;
 
 use crate::bars::SlotAllocator;
 use crate::device::{DeviceError, VfioPciDevice};

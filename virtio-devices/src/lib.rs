@@ -1,6 +1,9 @@
-//! Device semantics shared by Viaduct's VMM and its vhost-user daemons.
+//! Virtio, shared by Viaduct's VMM and its vhost-user daemons: device
+//! semantics (`block`, `net`), the virtio-pci transport (`transport`, built
+//! on the `pci` crate), and the VMM's vhost-user frontend (`vhost_user`).
+//! It never depends on KVM or VFIO.
 //!
-//! Nothing here knows about sockets or KVM: a block request is parsed and
+//! Device semantics know nothing of sockets: a block request is parsed and
 //! validated, a net header is checked, from plain guest-memory buffers, so
 //! unit tests drive them with mock rings. The `backend` feature adds what
 //! both vhost-user daemons need around vhost-user-backend and the guest
@@ -10,7 +13,6 @@
 pub mod backend;
 pub mod block;
 pub mod net;
-pub mod pci;
 #[cfg(feature = "seccomp")]
 pub mod seccomp;
 pub mod transport;

@@ -6,15 +6,15 @@
 
 use std::sync::{Arc, Mutex};
 
+use pci::{MsiRoutes, PciDevice};
 use vfio_passthrough::dma::DmaRange;
 use vfio_passthrough::session::{DeviceSpec, SessionError, VfioSession};
-use virtio_devices::pci::{MsiRoutes, PciDevice};
 use vm_memory::GuestMemoryBackend;
 
 use crate::pci::msi::{GsiRouting, KvmMsiRoutes};
 use crate::pci::root::{PciRoot, PciRootError};
-use crate::pci::{BarAllocError, BarAllocator};
 use crate::vm::Vm;
+use pci::{BarAllocError, BarAllocator};
 
 /// First KVM memory slot for BAR mappings (RAM uses the ones below).
 const FIRST_BAR_SLOT: u32 = 16;

@@ -43,7 +43,7 @@ use crate::pci::ecam::Ecam;
 use crate::pci::host_bridge::HostBridge;
 use crate::pci::msi::{GsiRouting, KvmMsiRoutes, MsiError};
 use crate::pci::root::{self as pci_root, PciRoot, PciRootError};
-use crate::pci::{BarAllocError, BarAllocator};
+use pci::{BarAllocError, BarAllocator};
 
 /// Why the VM could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -283,7 +283,7 @@ impl Vm {
             let routes = KvmMsiRoutes::new(self.fd.clone(), routing.clone(), dev.num_queues() + 1)?;
             let transport: Box<dyn VirtioDevice> = Box::new(dev.clone());
             let mut pci = VirtioPciDevice::new(transport, Box::new(routes))?;
-            use virtio_devices::pci::PciDevice;
+            use pci::PciDevice;
             for bar in pci.bars() {
                 let addr = bars64.allocate(bar.size)?;
                 pci.set_bar_addr(bar.index, addr);

@@ -10,14 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::pci::config::PciConfigError;
-use crate::pci::msix::MsixChange;
-use crate::pci::{BarRegion, MsiRoutes, Msix, PciConfig, PciDevice, PciIdentity};
 use crate::transport::common_cfg::{
     COMMON_CFG_SIZE, CommonCfg, CommonEvent, NO_VECTOR, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
     STATUS_NEEDS_RESET,
 };
 use crate::transport::{QueueConfig, VirtioDevice};
+use pci::config::PciConfigError;
+use pci::msix::MsixChange;
+use pci::{BarRegion, MsiRoutes, Msix, PciConfig, PciDevice, PciIdentity};
 
 /// The BAR everything lives in, and its layout.
 pub const BAR: usize = 0;
@@ -384,8 +384,8 @@ impl PciDevice for VirtioPciDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::MsiMessage;
     use crate::transport::ActivateError;
+    use pci::MsiMessage;
     use std::sync::{Arc, Mutex};
 
     /// (features, [(queue, size, desc)]) per activation.

@@ -2,7 +2,7 @@
 //! `pci=conf1` sanity check (it looks for a host-bridge class on bus 0)
 //! accepts configuration mechanism #1.
 
-use virtio_devices::pci::{BarRegion, PciConfig, PciDevice, PciIdentity};
+use pci::{BarRegion, PciConfig, PciDevice, PciIdentity};
 use vmm_sys_util::eventfd::EventFd;
 
 /// The host bridge.

@@ -14,7 +14,7 @@ use kvm_bindings::{
     kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip, kvm_irq_routing_msi,
 };
 use kvm_ioctls::VmFd;
-use virtio_devices::pci::{MsiMessage, MsiRoutes};
+use pci::{MsiMessage, MsiRoutes};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// Why a route could not be set.

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
-use virtio_devices::pci::{BarRegion, PciDevice};
+use pci::{BarRegion, PciDevice};
 
 use crate::devices::bus::{Bus, BusDevice};
 
@@ -219,7 +219,7 @@ impl BusDevice for PciRoot {
 mod tests {
     use super::*;
     use crate::pci::host_bridge::HostBridge;
-    use virtio_devices::pci::{PciConfig, PciIdentity};
+    use pci::{PciConfig, PciIdentity};
     use vmm_sys_util::eventfd::EventFd;
 
     struct OneBar(PciConfig, Vec<u8>);

@@ -1,13 +1,20 @@
-//! PCI device emulation shared by the VMM's devices: configuration space,
-//! MSI-X, the `PciDevice` trait the VMM's PCI bus drives, and the
-//! `MsiRoutes` trait through which a device's vectors reach the guest
-//! (implemented by the VMM over KVM irqfds and GSI routes).
+//! PCI function emulation shared by the VMM, the virtio-pci transport and
+//! VFIO passthrough: a type-0 configuration space with BARs and a
+//! capability list, the MSI-X table and PBA, the MSI capability's
+//! registers, BAR placement, the `PciDevice` trait the VMM's PCI bus
+//! drives, and the `MsiRoutes` trait through which a function's vectors
+//! reach the guest (implemented by the VMM over KVM irqfds and GSI routes).
+//!
+//! It never depends on virtio, KVM, VFIO or vhost-user: those build on it.
 
+pub mod bars;
 pub mod config;
+pub mod msi_cap;
 pub mod msix;
 
 use vmm_sys_util::eventfd::EventFd;
 
+pub use bars::{BarAllocError, BarAllocator};
 pub use config::{BarRegion, PciConfig, PciIdentity};
 pub use msix::{MsiMessage, Msix};
 

@@ -2,7 +2,7 @@
 //! guest sees it: every register after the capability header is emulated
 //! here (message control, address, data, mask bits), none is forwarded to
 //! the device, whose MSI the VMM programs through VFIO instead
-//! ([`crate::msi::MsiInterrupts`]). Pure register logic.
+//! (`vfio_passthrough::msi::MsiInterrupts`). Pure register logic.
 //!
 //! Layout (PCI Local Bus 3.0, 6.8.1), offsets from the capability:
 //!
@@ -14,7 +14,7 @@
 //! 64-bit: +8 address high, +12 data, +16 mask, +20 pending
 //! ```
 
-use virtio_devices::pci::MsiMessage;
+use crate::MsiMessage;
 
 const CTRL_ENABLE: u16 = 1;
 const CTRL_64BIT: u16 = 1 << 7;
