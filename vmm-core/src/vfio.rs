@@ -6,14 +6,15 @@
 
 use std::sync::{Arc, Mutex};
 
+use kvm_ioctls::VmFd;
 use pci::{MsiRoutes, PciDevice};
 use vfio_passthrough::dma::DmaRange;
 use vfio_passthrough::session::{DeviceSpec, SessionError, VfioSession};
 use vm_memory::GuestMemoryBackend;
 
+use crate::memory::GuestRam;
 use crate::pci::msi::{GsiRouting, KvmMsiRoutes};
 use crate::pci::root::{PciRoot, PciRootError};
-use crate::vm::Vm;
 use pci::{BarAllocError, BarAllocator};
 
 /// First KVM memory slot for BAR mappings (RAM uses the ones below).
@@ -39,25 +40,39 @@ pub struct Passthrough {
     session: Mutex<Option<VfioSession>>,
 }
 
+/// Where passed-through functions go on the VM's PCI bus.
+pub struct PciPlacement<'a> {
+    pub root: &'a mut PciRoot,
+    /// BAR window (passthrough BARs may be 32-bit only).
+    pub bars: &'a mut BarAllocator,
+    pub routing: &'a Arc<Mutex<GsiRouting>>,
+    /// The first free slot; functions take consecutive slots from here.
+    pub first_slot: u8,
+}
+
 impl Passthrough {
-    /// Opens every `--device vfio=` function and puts it on `root` from
-    /// slot `first_slot` on, before any vCPU runs.
+    /// Opens every `--device vfio=` function and puts it on the bus from
+    /// `at.first_slot` on, before any vCPU runs. DMA covers all of
+    /// `guest_ram`; MSI routes and irqfds go to `vmfd`.
     pub fn attach(
         &self,
-        vm: &Vm,
+        vmfd: &Arc<VmFd>,
+        guest_ram: &GuestRam,
         specs: &[DeviceSpec],
-        root: &mut PciRoot,
-        bars: &mut BarAllocator,
-        routing: &Arc<Mutex<GsiRouting>>,
-        first_slot: u8,
+        at: PciPlacement<'_>,
     ) -> Result<(), VfioError> {
+        let PciPlacement {
+            root,
+            bars,
+            routing,
+            first_slot,
+        } = at;
         let Some(first) = specs.first() else {
             return Ok(());
         };
-        let mut ram = Vec::with_capacity(vm.ram.ranges.len());
-        for r in &vm.ram.ranges {
-            let hva = vm
-                .ram
+        let mut ram = Vec::with_capacity(guest_ram.ranges.len());
+        for r in &guest_ram.ranges {
+            let hva = guest_ram
                 .mem
                 .get_host_address(vm_memory::GuestAddress(r.guest_addr))
                 .map_err(|_| VfioError::NoHostMapping(first.bdf.clone(), r.guest_addr))?;
@@ -70,13 +85,13 @@ impl Passthrough {
         // SAFETY: `ram` is the VM's memfd mapping, alive as long as the VM
         // (the process) and touched by the VMM only through vm-memory's
         // volatile accessors and system calls.
-        let mut session = unsafe { VfioSession::new(vm.fd.clone(), ram, FIRST_BAR_SLOT) }
+        let mut session = unsafe { VfioSession::new(vmfd.clone(), ram, FIRST_BAR_SLOT) }
             .map_err(|e| VfioError::Session(first.bdf.clone(), e))?;
         for (i, spec) in specs.iter().enumerate() {
             let slot = first_slot
                 .checked_add(i as u8)
                 .ok_or(PciRootError::Slot(u8::MAX))?;
-            let vmfd = vm.fd.clone();
+            let vmfd = vmfd.clone();
             let routing = routing.clone();
             let routes = move |n: u16| -> std::io::Result<Box<dyn MsiRoutes>> {
                 let r = KvmMsiRoutes::new(vmfd.clone(), routing.clone(), n)

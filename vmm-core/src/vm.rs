@@ -5,45 +5,29 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use kvm_bindings::{
     KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
-
-use std::os::fd::AsRawFd;
-
-use virtio_devices::transport::VirtioDevice;
-use virtio_devices::transport::virtio_pci::{VirtioPciDevice, VirtioPciError};
-use virtio_devices::vhost_user::{DeviceKind, GuestRegion, VhostUserDevice, VhostUserError};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::api::server::{ApiError, ApiServer};
 use crate::backends::{Backends, Watched};
 use crate::boot::{self, BootEntry, BootSpec, layout};
 use crate::config::{MemoryConfig, SerialMode, VmConfig};
-use crate::control::{DeviceEntry, VmController};
+use crate::control::VmController;
 use crate::cpu::exit_stats::ExitCounters;
 use crate::cpu::pause::{self, PauseControl, PauseError};
 use crate::cpu::regs;
 use crate::cpu::vcpu::{Vcpu, VcpuError, VcpuShared};
-use crate::devices::acpi_pm::{self, AcpiPm};
-use crate::devices::bus::{Bus, BusError};
-use crate::devices::cmos::{self, Cmos};
-use crate::devices::console::ConsoleOutput;
-use crate::devices::i8042::{self, I8042};
-use crate::devices::serial::{COM1_BASE, COM1_GSI, COM1_LEN, SerialDevice};
+use crate::devices::bus::Bus;
+use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::event_loop::{self, EventLoopError, Sources, TOKEN_BACKENDS};
 use crate::lifecycle::{Lifecycle, Outcome};
 use crate::memory::{GuestRam, MemoryError};
-use crate::pci::ecam::Ecam;
-use crate::pci::host_bridge::HostBridge;
-use crate::pci::msi::{GsiRouting, KvmMsiRoutes, MsiError};
-use crate::pci::root::{self as pci_root, PciRoot, PciRootError};
-use pci::{BarAllocError, BarAllocator};
 
 /// Why the VM could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -61,27 +45,15 @@ pub enum VmError {
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
-    Bus(#[from] BusError),
-    #[error(transparent)]
     EventLoop(#[from] EventLoopError),
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
     #[error("cannot open serial output {0}")]
     SerialFile(String, #[source] std::io::Error),
-    #[error("{0}")]
-    VhostUser(String, #[source] VhostUserError),
-    #[error(transparent)]
-    VirtioPci(#[from] VirtioPciError),
-    #[error(transparent)]
-    Msi(#[from] MsiError),
-    #[error(transparent)]
-    BarAlloc(#[from] BarAllocError),
-    #[error(transparent)]
-    PciSlot(#[from] PciRootError),
     #[error("guest memory region at {0:#x} has no host mapping")]
     NoHostMapping(u64),
     #[error(transparent)]
-    Vfio(#[from] crate::vfio::VfioError),
+    Devices(#[from] DeviceError),
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error(transparent)]
@@ -154,30 +126,6 @@ impl Vm {
         })
     }
 
-    /// COM1 (IRQ 4 via irqfd), the i8042 reset line, the CMOS clock and the
-    /// ACPI power-management registers.
-    pub fn add_platform_devices(
-        &self,
-        console: Option<Box<dyn Write + Send>>,
-    ) -> Result<Arc<Mutex<SerialDevice>>, VmError> {
-        let irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
-        self.fd
-            .register_irqfd(&irq, COM1_GSI)
-            .map_err(|e| VmError::KvmCall("IRQFD (COM1)", e))?;
-        let out = ConsoleOutput::new(console, self.lifecycle.clone());
-        let serial = Arc::new(Mutex::new(SerialDevice::new(irq, out)));
-        self.pio.insert(serial.clone(), COM1_BASE, COM1_LEN)?;
-        for port in [i8042::DATA_PORT, i8042::COMMAND_PORT] {
-            let dev = Arc::new(Mutex::new(I8042::new(self.lifecycle.clone(), port)));
-            self.pio.insert(dev, port, 1)?;
-        }
-        self.pio
-            .insert(Arc::new(Mutex::new(Cmos::default())), cmos::PORT, 2)?;
-        let pm = Arc::new(Mutex::new(AcpiPm::new(self.lifecycle.clone())));
-        self.pio.insert(pm, acpi_pm::BASE, acpi_pm::LEN)?;
-        Ok(serial)
-    }
-
     /// Creates and configures `count` vCPUs; vCPU 0 starts at `boot`.
     pub fn create_vcpus(&self, count: u8, boot: BootEntry) -> Result<Vec<Vcpu>, VmError> {
         let cpuid = self
@@ -204,122 +152,16 @@ impl Vm {
             .collect()
     }
 
-    /// All guest RAM as a vhost-user backend must map it.
-    pub fn guest_regions(&self) -> Result<Vec<GuestRegion>, VmError> {
-        self.ram
-            .ranges
-            .iter()
-            .map(|r| {
-                let hva = self
-                    .ram
-                    .mem
-                    .get_host_address(GuestAddress(r.guest_addr))
-                    .map_err(|_| VmError::NoHostMapping(r.guest_addr))?;
-                Ok(GuestRegion {
-                    gpa: r.guest_addr,
-                    size: r.size,
-                    hva: hva as u64,
-                    fd: self.ram.memfd.as_raw_fd(),
-                    file_offset: r.file_offset,
-                })
-            })
-            .collect()
-    }
-
-    /// PCI bus 0 (ports 0xCF8-0xCFF) with the host bridge and one
-    /// virtio-pci function per vhost-user disk and NIC, connected to
-    /// their backends now, before any vCPU runs.
-    pub fn add_pci_devices(&self, cfg: &VmConfig) -> Result<Vec<DeviceEntry>, VmError> {
-        let routing = Arc::new(Mutex::new(GsiRouting::new(self.fd.clone())));
-        let mut root = PciRoot::new(self.mmio.clone(), Some(self.fd.clone()));
-        root.add(0, Arc::new(Mutex::new(HostBridge::default())))?;
-        // Virtio BARs are 64-bit: above RAM. Passthrough BARs may be 32-bit only.
-        let mut bars = BarAllocator::new(layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE);
-        let mut bars64 = BarAllocator::new(layout::PCI_MMIO64_START, layout::PCI_MMIO64_SIZE);
-        let regions = self.guest_regions()?;
-        let mut devices: Vec<(String, String, Arc<Mutex<VhostUserDevice>>)> = Vec::new();
-        for (i, d) in cfg.disks.iter().enumerate() {
-            let kind = DeviceKind::Block {
-                num_queues: d.num_queues,
-            };
-            let dev = VhostUserDevice::connect(
-                &d.socket,
-                kind,
-                d.queue_size,
-                regions.clone(),
-                self.ram.mem.clone(),
-            )
-            .map_err(|e| VmError::VhostUser(format!("disk {}", d.socket.display()), e))?;
-            devices.push((
-                format!("disk{i}"),
-                format!("disk {}", d.socket.display()),
-                Arc::new(Mutex::new(dev)),
-            ));
+    /// The VM's device manager: what creates and wires its devices.
+    pub fn devices(&self) -> DeviceManager<'_> {
+        DeviceManager {
+            fd: &self.fd,
+            ram: &self.ram,
+            pio: &self.pio,
+            mmio: &self.mmio,
+            lifecycle: &self.lifecycle,
+            passthrough: &self.passthrough,
         }
-        for (i, n) in cfg.nets.iter().enumerate() {
-            let kind = DeviceKind::Net {
-                mac: n.mac,
-                queue_pairs: n.num_queue_pairs,
-            };
-            let dev = VhostUserDevice::connect(
-                &n.socket,
-                kind,
-                n.queue_size,
-                regions.clone(),
-                self.ram.mem.clone(),
-            )
-            .map_err(|e| VmError::VhostUser(format!("net {}", n.socket.display()), e))?;
-            devices.push((
-                format!("net{i}"),
-                format!("net {}", n.socket.display()),
-                Arc::new(Mutex::new(dev)),
-            ));
-        }
-        let first_vfio_slot =
-            u8::try_from(devices.len() + 1).map_err(|_| PciRootError::Slot(u8::MAX))?;
-        let mut entries = Vec::with_capacity(devices.len());
-        for (i, (id, name, dev)) in devices.into_iter().enumerate() {
-            let slot = u8::try_from(i + 1).map_err(|_| PciRootError::Slot(u8::MAX))?;
-            let routes = KvmMsiRoutes::new(self.fd.clone(), routing.clone(), dev.num_queues() + 1)?;
-            let transport: Box<dyn VirtioDevice> = Box::new(dev.clone());
-            let mut pci = VirtioPciDevice::new(transport, Box::new(routes))?;
-            use pci::PciDevice;
-            for bar in pci.bars() {
-                let addr = bars64.allocate(bar.size)?;
-                pci.set_bar_addr(bar.index, addr);
-                log::info!(
-                    "{name}: PCI 00:{slot:02x}.0, BAR {} at {addr:#x}",
-                    bar.index
-                );
-            }
-            let notify_exits = pci.notify_exit_counter();
-            let pci = Arc::new(Mutex::new(pci));
-            root.add(slot, pci.clone())?;
-            entries.push(DeviceEntry {
-                id,
-                pci: format!("00:{slot:02x}.0"),
-                backend: dev,
-                transport: pci,
-                notify_exits,
-            });
-        }
-        self.passthrough.attach(
-            self,
-            &cfg.vfio,
-            &mut root,
-            &mut bars,
-            &routing,
-            first_vfio_slot,
-        )?;
-        let root = Arc::new(Mutex::new(root));
-        self.mmio.insert(
-            Arc::new(Mutex::new(Ecam::new(root.clone()))),
-            layout::PCI_ECAM_START,
-            layout::PCI_ECAM_SIZE,
-        )?;
-        self.pio
-            .insert(root, pci_root::CONFIG_PORT, pci_root::CONFIG_PORT_LEN)?;
-        Ok(entries)
     }
 }
 
@@ -342,8 +184,10 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, VmError> {
     let api = cfg.api_socket.as_deref().map(ApiServer::bind).transpose()?;
     pause::install_kick_handler()?;
     let vm = Vm::new(cfg.memory)?;
-    let serial = vm.add_platform_devices(console_sink(&cfg.serial)?)?;
-    let devices = vm.add_pci_devices(cfg)?;
+    let serial = vm
+        .devices()
+        .add_platform_devices(console_sink(&cfg.serial)?)?;
+    let devices = vm.devices().add_pci_devices(cfg)?;
     let spec = BootSpec {
         kernel: &cfg.kernel,
         initramfs: cfg.initramfs.as_deref(),

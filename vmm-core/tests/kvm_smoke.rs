@@ -58,7 +58,8 @@ fn tiny_guest_talks_to_serial_and_ioeventfds_then_resets() {
     })
     .expect("host KVM creates a VM");
     let console = Capture::default();
-    vm.add_platform_devices(Some(Box::new(console.clone())))
+    vm.devices()
+        .add_platform_devices(Some(Box::new(console.clone())))
         .unwrap();
     vm.ram
         .mem
