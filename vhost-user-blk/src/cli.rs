@@ -19,16 +19,30 @@ Example: serve disk.img to QEMU
 Guest memory must be shared (memfd or hugetlbfs with share=on). After the
 frontend disconnects the daemon serves the next connection. SIGTERM/SIGINT
 drain in-flight requests, flush per --cache and exit 0; SIGUSR1 logs the
-per-queue counters. Exit codes: 0 normal, 1 runtime error, 2 usage error.";
+per-queue counters. Exit codes: 0 normal, 1 runtime error, 2 usage error.
+
+Image formats: --format defaults to raw and the daemon never guesses a
+format from a file the guest can write: a guest owns its disk's sector 0 and
+can write a qcow2 header there that names any host file as backing or data
+file. --format auto exists for trusted images only and refuses any image
+whose qcow2 header names another file. --format qcow2 follows a backing
+chain read-only and only into files the operator allows (--backing-dir,
+--backing), and an external data file only when given as --data-file;
+anything else is a start-up error naming the file.";
 
 /// Disk image format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
-    /// Raw image or block device (the io_uring fast path).
+    /// Raw image or block device (the io_uring fast path). The default:
+    /// a guest can write anything into its disk, including a qcow2 header.
     Raw,
-    /// qcow2 image (imago, synchronous on the queue's worker thread).
+    /// qcow2 image (imago, synchronous on the queue's worker thread); its
+    /// backing chain only through --backing-dir/--backing, its external
+    /// data file only through --data-file.
     Qcow2,
-    /// qcow2 if the file starts with the qcow2 magic, raw otherwise.
+    /// qcow2 if the file starts with the qcow2 magic, raw otherwise. Only
+    /// for images no guest wrote: refuses any qcow2 header that names a
+    /// backing or data file.
     Auto,
 }
 
@@ -61,9 +75,22 @@ pub struct Args {
     /// Disk image: a regular file or a block device.
     #[arg(long, value_name = "PATH")]
     pub blk_file: Option<PathBuf>,
-    /// Image format.
-    #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
+    /// Image format (never guessed by default: see below).
+    #[arg(long, value_enum, default_value_t = FormatArg::Raw)]
     pub format: FormatArg,
+    /// --format qcow2: backing files the image chain names are looked up
+    /// inside DIR only (no `..`, no symlinks, absolute names only beneath
+    /// DIR), and opened read-only.
+    #[arg(long, value_name = "DIR")]
+    pub backing_dir: Option<PathBuf>,
+    /// --format qcow2: a backing file the image chain may name (the same
+    /// file, by identity); repeatable. Opened read-only.
+    #[arg(long, value_name = "FILE")]
+    pub backing: Vec<PathBuf>,
+    /// --format qcow2: the image's external data file; must be the file
+    /// the image header names. Without it such images are refused.
+    #[arg(long, value_name = "FILE")]
+    pub data_file: Option<PathBuf>,
     /// Refuse writes (VIRTIO_BLK_F_RO); the image is opened read-only.
     #[arg(long)]
     pub read_only: bool,

@@ -43,6 +43,9 @@ pub enum ConfigError {
     /// --poll-us too large.
     #[error("--poll-us {0} too large (at most {MAX_POLL_US})")]
     PollTooLong(u64),
+    /// --backing-dir, --backing or --data-file without --format qcow2.
+    #[error("--backing-dir, --backing and --data-file need --format qcow2")]
+    ChainNeedsQcow2,
 }
 
 /// Where the vhost-user socket comes from.
@@ -63,6 +66,25 @@ pub enum ImageFormat {
     Qcow2,
     /// Detect by header.
     Auto,
+}
+
+/// The files a qcow2 image may bring in besides itself (`--backing-dir`,
+/// `--backing`, `--data-file`); empty means none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainPolicy {
+    /// Backing files are looked up beneath this directory.
+    pub backing_dir: Option<PathBuf>,
+    /// Backing files allowed one by one.
+    pub backing: Vec<PathBuf>,
+    /// The external data file the image header must name.
+    pub data_file: Option<PathBuf>,
+}
+
+impl ChainPolicy {
+    /// Nothing allowed.
+    pub fn is_empty(&self) -> bool {
+        self.backing_dir.is_none() && self.backing.is_empty() && self.data_file.is_none()
+    }
 }
 
 /// Host cache mode and what it implies.
@@ -110,6 +132,8 @@ pub struct Config {
     pub blk_file: PathBuf,
     /// Format selection.
     pub format: ImageFormat,
+    /// What a qcow2 image may name besides itself.
+    pub chain: ChainPolicy,
     /// Read-only device.
     pub read_only: bool,
     /// Request queues.
@@ -151,6 +175,14 @@ impl TryFrom<Args> for Config {
         if args.poll_us > MAX_POLL_US {
             return Err(ConfigError::PollTooLong(args.poll_us));
         }
+        let chain = ChainPolicy {
+            backing_dir: args.backing_dir,
+            backing: args.backing,
+            data_file: args.data_file,
+        };
+        if !chain.is_empty() && args.format != FormatArg::Qcow2 {
+            return Err(ConfigError::ChainNeedsQcow2);
+        }
         let serial_src = match &args.serial {
             Some(s) if s.len() > ID_BYTES => return Err(ConfigError::SerialTooLong(s.len())),
             Some(s) => s.as_bytes().to_vec(),
@@ -168,6 +200,7 @@ impl TryFrom<Args> for Config {
                 FormatArg::Qcow2 => ImageFormat::Qcow2,
                 FormatArg::Auto => ImageFormat::Auto,
             },
+            chain,
             read_only: args.read_only,
             num_queues: args.num_queues as u16,
             queue_size: args.queue_size as u16,
@@ -221,6 +254,8 @@ mod tests {
         assert_eq!(&c.serial[..14], b"disk-image.raw");
         assert_eq!(c.serial[14..], [0; 6]);
         assert_eq!(c.poll, Duration::from_micros(50), "polls by default");
+        assert_eq!(c.format, ImageFormat::Raw, "never probes by default");
+        assert!(c.chain.is_empty());
     }
 
     #[test]
@@ -281,6 +316,19 @@ mod tests {
             Err(ConfigError::PollTooLong(1_000_001))
         );
         assert!(with_s(&["--cache", "none", "--queue-size", "1024"]).is_ok());
+        for flag in ["--backing-dir", "--backing", "--data-file"] {
+            assert_eq!(
+                with_s(&[flag, "/b"]),
+                Err(ConfigError::ChainNeedsQcow2),
+                "{flag} without qcow2"
+            );
+            assert_eq!(
+                with_s(&["--format", "auto", flag, "/b"]),
+                Err(ConfigError::ChainNeedsQcow2),
+                "{flag} with auto"
+            );
+            assert!(with_s(&["--format", "qcow2", flag, "/b"]).is_ok());
+        }
     }
 
     #[test]

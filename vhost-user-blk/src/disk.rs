@@ -1,24 +1,23 @@
-//! Opening the disk image: raw file, block device or qcow2 (by flag or by
-//! header), with the open flags the cache mode implies, and the checks that
-//! must fail before anything is started (unreadable, too small).
+//! Opening the disk image: raw file, block device or qcow2 (by flag; by
+//! header only with `--format auto`), with the open flags the cache mode
+//! implies, and the checks that must fail before anything is started
+//! (unreadable, too small, a qcow2 header naming files not allowed). The
+//! files opened are recorded in `chain` for the Landlock ruleset.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate, StorageOpenOptions};
 use virtio_devices::block::SECTOR_SIZE;
 
+use crate::chain::{ChainError, ChainFile, Resolver};
 use crate::config::{CacheMode, Config, ImageFormat};
+use crate::qcow2_chain::{self, Qcow2ChainError};
 
-/// First four bytes of every qcow2 image.
-const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
-
-/// The synchronous qcow2 driver over a plain file.
-pub type Qcow2Access = FormatAccess<imago::file::File>;
+pub use crate::qcow2_chain::Qcow2Access;
 
 /// Why the image cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +34,12 @@ pub enum DiskError {
     /// The image's size could not be read.
     #[error("cannot read the size of {0}")]
     Size(PathBuf, #[source] std::io::Error),
-    /// The qcow2 driver refused the image.
-    #[error("cannot open qcow2 image {0}")]
-    Qcow2(PathBuf, #[source] std::io::Error),
+    /// The qcow2 image or its chain cannot be served.
+    #[error(transparent)]
+    Qcow2(#[from] Qcow2ChainError),
+    /// The chain's files cannot be opened or recorded.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     /// The image is not a regular file or block device.
     #[error("{0} is neither a regular file nor a block device")]
     NotAFile(PathBuf),
@@ -85,6 +87,9 @@ pub struct Disk {
     pub path: PathBuf,
     /// Cache mode it was opened with.
     pub cache: CacheMode,
+    /// Every file the device uses (the image, a qcow2 data file and
+    /// backing chain): the Landlock ruleset lists exactly these.
+    pub chain: Vec<ChainFile>,
 }
 
 impl Disk {
@@ -101,16 +106,30 @@ impl Disk {
         }
         let lock = lock_image(&path, config.read_only)?;
         let format = match config.format {
-            ImageFormat::Auto if has_qcow2_magic(&path) => ImageFormat::Qcow2,
+            ImageFormat::Auto if qcow2_chain::has_qcow2_magic(&file) => ImageFormat::Qcow2,
             ImageFormat::Auto => ImageFormat::Raw,
             other => other,
         };
+        let chain;
         let (backend, raw_size) = if format == ImageFormat::Qcow2 {
-            drop(file);
-            let access = open_qcow2(&path, config.read_only, config.cache)?;
-            let size = access.size();
-            (DiskBackend::Qcow2(Mutex::new(access)), size)
+            // `--format auto` follows no name; `--format qcow2` only the
+            // ones the policy allows.
+            let resolver = match config.format {
+                ImageFormat::Auto => None,
+                _ => Some(Resolver::new(&config.chain, config.cache)?),
+            };
+            let opened = qcow2_chain::open(
+                &path,
+                file,
+                config.read_only,
+                config.cache,
+                resolver.as_ref(),
+            )?;
+            chain = opened.files;
+            let size = opened.access.size();
+            (DiskBackend::Qcow2(Mutex::new(opened.access)), size)
         } else {
+            chain = vec![ChainFile::of(&path, &file, !config.read_only)?];
             let mut file = file;
             let size = file
                 .seek(SeekFrom::End(0))
@@ -132,12 +151,21 @@ impl Disk {
                 path.display()
             );
         }
+        log::info!(
+            "event=image_open format={format:?} files={}",
+            chain
+                .iter()
+                .map(|f| f.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         Ok(Disk {
             _lock: lock,
             backend,
             size,
             path,
             cache: config.cache,
+            chain,
         })
     }
 
@@ -208,26 +236,6 @@ fn lock_image(path: &Path, read_only: bool) -> Result<File, DiskError> {
         return Err(DiskError::Locked(path.to_owned()));
     }
     Ok(file)
-}
-
-fn has_qcow2_magic(path: &Path) -> bool {
-    let mut magic = [0u8; 4];
-    File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && magic == QCOW2_MAGIC
-}
-
-fn open_qcow2(path: &Path, read_only: bool, cache: CacheMode) -> Result<Qcow2Access, DiskError> {
-    let options = StorageOpenOptions::new()
-        .write(!read_only)
-        .direct(cache.direct());
-    let qcow2 = imago::qcow2::Qcow2::<imago::file::File>::builder_path(path)
-        .write(!read_only)
-        .storage_open_options(options)
-        .open(PermissiveImplicitOpenGate::default())
-        .map_err(|e| DiskError::Qcow2(path.to_owned(), e))?;
-    Ok(FormatAccess::new(qcow2))
 }
 
 #[cfg(test)]

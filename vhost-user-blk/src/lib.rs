@@ -3,11 +3,12 @@
 //! io_uring (raw) or imago (qcow2).
 //!
 //! Where things live: `cli` (options and help) → `config` (validation) →
-//! `disk` (open the image) → `serve` (listener loop, a fresh `backend` per
+//! `disk` (open the image; `qcow2_chain` and `chain` open a qcow2 image's backing chain and data file, only where `--backing-dir`/`--backing`/`--data-file` allow) → `serve` (listener loop, a fresh `backend` per
 //! connection) → `worker` (one per queue: ring → requests → completions) →
 //! `engine` (io_uring or qcow2); `inflight_relay` (INFLIGHT_SHMFD: the relay in front of vhost-user-backend, on `private_socket`); `checked_vring` (refuses bad SET_VRING_NUM sizes); `exit_fds` (closes fds vhost-user-backend leaks); `memguard` (short or truncated guest memory files); `privileges` (`--user`); `sandbox` (seccomp + Landlock after start-up).
 
 pub mod backend;
+pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod counters;
@@ -15,6 +16,7 @@ pub mod disk;
 pub mod engine;
 pub mod exit_fds;
 pub mod inflight_relay;
+pub mod qcow2_chain;
 pub mod sandbox;
 pub mod serve;
 pub mod signals;

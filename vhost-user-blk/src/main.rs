@@ -2,6 +2,7 @@
 //! serve. Exit codes: 0 normal, 1 runtime error, 2 usage or configuration
 //! error (bad option, unusable image, socket in use), all before serving.
 
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -54,7 +55,9 @@ fn setup(args: Args) -> anyhow::Result<Server> {
     let sandbox_mode = args.sandbox;
     let user = args.user.clone();
     let config = Config::try_from(args)?;
-    let disk = Disk::open(&config)?;
+    // The sandbox's rules are known (the policy is in `config`): only now
+    // is anything the image names opened.
+    let mut disk = Disk::open(&config)?;
     let listener = serve::bind(&config.listen)?;
     let private = PrivateSocket::new().context("creating the relay socket")?;
     let counters: Arc<Vec<QueueCounters>> = Arc::new(
@@ -105,7 +108,19 @@ fn setup(args: Args) -> anyhow::Result<Server> {
     if config.null_io {
         log::warn!("event=null_io reads and writes complete without I/O: data is not stored");
     }
-    sandbox::enter(sandbox_mode, &exceptions).context("sandbox")?;
+    // Landlock lists exactly the image's files; the duplicate descriptors
+    // kept for it close once the ruleset is in force.
+    let chain = std::mem::take(&mut disk.chain);
+    let files: Vec<_> = chain
+        .iter()
+        .map(|f| sandbox::FileRule {
+            fd: f.fd.as_fd(),
+            writable: f.writable,
+        })
+        .collect();
+    sandbox::enter(sandbox_mode, &exceptions, &files).context("sandbox")?;
+    drop(files);
+    drop(chain);
     signals::spawn(Arc::clone(&shutdown), Arc::clone(&counters))?;
     Ok(Server::new(
         config, disk, listener, private, counters, shutdown,

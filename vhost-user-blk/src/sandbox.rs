@@ -1,6 +1,8 @@
 //! The sandbox entered once the image is open and the socket bound: a
 //! seccomp-bpf allowlist on every thread (TSYNC), and a Landlock domain that
-//! denies all filesystem access and TCP (where the kernel has Landlock).
+//! denies all filesystem access and TCP (where the kernel has Landlock) but
+//! lists the image's files (the image, a qcow2 data file and backing
+//! chain, by their open descriptors, with the rights they were opened with).
 //!
 //! The allowlist is what the serve loop, the vhost-user-backend threads,
 //! the io_uring and qcow2 engines and the logger call after start-up
@@ -9,6 +11,7 @@
 //! opcodes are not seen by seccomp; the ring only ever gets our own
 //! read/write/fsync SQEs on the image fd.
 
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use landlock::{
@@ -36,6 +39,24 @@ pub enum SandboxError {
 pub struct FsException<'a> {
     pub path: &'a Path,
     pub access: BitFlags<AccessFs>,
+}
+
+/// A file the daemon serves from, listed in the Landlock ruleset: read
+/// (and write, if `writable`) access to that file alone.
+pub struct FileRule<'a> {
+    pub fd: BorrowedFd<'a>,
+    pub writable: bool,
+}
+
+impl FileRule<'_> {
+    /// The Landlock rights the rule grants.
+    pub fn access(&self) -> BitFlags<AccessFs> {
+        if self.writable {
+            AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate
+        } else {
+            AccessFs::ReadFile.into()
+        }
+    }
 }
 
 /// BLKDISCARD (`_IO(0x12, 119)`), for discard on a block device.
@@ -149,9 +170,13 @@ pub fn filter(mismatch: SeccompAction) -> Result<BpfProgram, SandboxError> {
     )?)
 }
 
-/// Landlock: no filesystem access but `exceptions`, no TCP bind/connect.
-/// Returns whether the kernel enforced it (best effort on older kernels).
-fn landlock(exceptions: &[FsException]) -> Result<RulesetStatus, SandboxError> {
+/// Landlock: no filesystem access but `exceptions` and `files`, no TCP
+/// bind/connect. Returns whether the kernel enforced it (best effort on
+/// older kernels).
+pub fn landlock(
+    exceptions: &[FsException],
+    files: &[FileRule],
+) -> Result<RulesetStatus, SandboxError> {
     let abi = ABI::V5;
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))
@@ -164,6 +189,11 @@ fn landlock(exceptions: &[FsException]) -> Result<RulesetStatus, SandboxError> {
             .add_rule(PathBeneath::new(fd, e.access))
             .map_err(SandboxError::Landlock)?;
     }
+    for f in files {
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(f.fd, f.access()))
+            .map_err(SandboxError::Landlock)?;
+    }
     let status = ruleset.restrict_self().map_err(SandboxError::Landlock)?;
     Ok(status.ruleset)
 }
@@ -171,15 +201,22 @@ fn landlock(exceptions: &[FsException]) -> Result<RulesetStatus, SandboxError> {
 /// Enters the sandbox (call from the main thread before it spawns the
 /// threads that should be confined by Landlock; seccomp covers all).
 /// `exceptions` is what the filesystem may still be used for (removing our
-/// listening socket on exit).
-pub fn enter(mode: SandboxMode, exceptions: &[FsException]) -> Result<(), SandboxError> {
+/// listening socket on exit); `files` are the image's files.
+pub fn enter(
+    mode: SandboxMode,
+    exceptions: &[FsException],
+    files: &[FileRule],
+) -> Result<(), SandboxError> {
     let Some(mismatch) = mode.mismatch() else {
         log::warn!("event=sandbox state=off");
         return Ok(());
     };
-    let landlock = landlock(exceptions)?;
+    let landlock = landlock(exceptions, files)?;
     seccomp::install_all_threads(&filter(mismatch)?)?;
-    log::info!("event=sandbox state={mode:?} seccomp=all_threads landlock={landlock:?}");
+    log::info!(
+        "event=sandbox state={mode:?} seccomp=all_threads landlock={landlock:?} landlock_files={}",
+        files.len()
+    );
     Ok(())
 }
 
@@ -248,6 +285,56 @@ mod tests {
         });
         assert!(libc::WIFEXITED(status), "status {status:#x}");
         assert_eq!(libc::WEXITSTATUS(status), 9);
+    }
+
+    #[test]
+    fn landlock_lists_exactly_the_image_files() {
+        use std::fs::OpenOptions;
+        use std::os::fd::AsFd;
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/ll").unwrap();
+        let p = |n: &str| dir.as_path().join(n);
+        for n in ["backing", "image", "other"] {
+            std::fs::write(p(n), n).unwrap();
+        }
+        let backing = std::fs::File::open(p("backing")).unwrap();
+        let image = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p("image"))
+            .unwrap();
+        let status = std::thread::scope(|s| {
+            s.spawn(|| {
+                let files = [
+                    FileRule {
+                        fd: backing.as_fd(),
+                        writable: false,
+                    },
+                    FileRule {
+                        fd: image.as_fd(),
+                        writable: true,
+                    },
+                ];
+                let status = landlock(&[], &files).unwrap();
+                let open = |n: &str, w: bool| {
+                    OpenOptions::new()
+                        .read(true)
+                        .write(w)
+                        .open(p(n))
+                        .map(drop)
+                        .map_err(|e| e.raw_os_error())
+                };
+                assert_eq!(open("backing", false), Ok(()));
+                assert_eq!(open("backing", true), Err(Some(libc::EACCES)));
+                assert_eq!(open("image", true), Ok(()));
+                assert_eq!(open("other", false), Err(Some(libc::EACCES)));
+                status
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(status, RulesetStatus::FullyEnforced);
+        // This thread is not in the domain.
+        assert!(std::fs::File::open(p("other")).is_ok());
     }
 
     #[test]

@@ -84,7 +84,11 @@ fn qcow2_backing_file_is_read_and_left_untouched() {
         top.to_str().unwrap(),
     ]);
     let before = std::fs::read(&base).unwrap();
-    let mut d = Daemon::start(&dir.path("sock"), &top, &["--format", "qcow2"]);
+    let mut d = Daemon::start(
+        &dir.path("sock"),
+        &top,
+        &["--format", "qcow2", "--backing", base.to_str().unwrap()],
+    );
     {
         let mut s = connect(&d.socket, 1, 64, !0);
         let q = &mut s.queues[0];
