@@ -5,7 +5,10 @@
 //!
 //! The relay swallows such early enables (acking them if asked: rings start
 //! disabled anyway) and replays the last early *enable=1* per ring right
-//! after `SET_FEATURES`.
+//! after `SET_FEATURES`. Only ring indices the device has are kept (so at
+//! most one entry per queue); an early enable for any other index is
+//! refused (a failure ack if asked, dropped otherwise), as the backend
+//! would refuse it after `SET_FEATURES`.
 //!
 //! It also implements the NET_MTU protocol feature, which vhost 0.18 cannot
 //! parse: it adds the feature to the backend's GET_PROTOCOL_FEATURES reply,
@@ -40,6 +43,8 @@ const MIN_MTU: u64 = 68;
 /// The net daemon's message policy (see the module docs).
 struct NetFilter {
     tap_mtu: u16,
+    /// The device's vring count: early enables are kept for these only.
+    num_queues: u32,
     features_set: bool,
     mtu_negotiated: bool,
     early_enables: BTreeMap<u32, u32>,
@@ -63,10 +68,23 @@ impl Filter for NetFilter {
                 let p = &m.payload;
                 let index = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
                 let enable = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
-                debug!("event=early_vring_enable index={index} enable={enable} action=deferred");
-                self.early_enables.insert(index, enable);
+                let known = index < self.num_queues;
+                if known {
+                    debug!(
+                        "event=early_vring_enable index={index} enable={enable} action=deferred"
+                    );
+                    self.early_enables.insert(index, enable);
+                } else {
+                    warn!(
+                        "event=early_vring_enable index={index} num_queues={} action=refused",
+                        self.num_queues
+                    );
+                }
                 if m.needs_reply() {
-                    out.push(Routed::ToFrontend(Msg::reply_u64(REQ_SET_VRING_ENABLE, 0)));
+                    out.push(Routed::ToFrontend(Msg::reply_u64(
+                        REQ_SET_VRING_ENABLE,
+                        u64::from(!known),
+                    )));
                 }
                 return;
             }
@@ -124,17 +142,20 @@ impl Filter for NetFilter {
 
 /// Relays between `front` (the frontend) and `back` (the daemon's end)
 /// until either side closes; then shuts both down. `tap_mtu` is the largest
-/// MTU a frontend may set with `VHOST_USER_NET_SET_MTU`.
+/// MTU a frontend may set with `VHOST_USER_NET_SET_MTU`; `num_queues` the
+/// device's vring count.
 pub fn spawn_relay(
     front: UnixStream,
     back: UnixStream,
     tap_mtu: u16,
+    num_queues: u32,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     relay::spawn_relay(
         front,
         back,
         NetFilter {
             tap_mtu,
+            num_queues,
             features_set: false,
             mtu_negotiated: false,
             early_enables: BTreeMap::new(),
@@ -176,7 +197,7 @@ mod tests {
         let (relay_back, mut be) = UnixStream::pair().unwrap();
         be.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         fe.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let threads = spawn_relay(relay_front, relay_back, 1500).unwrap();
+        let threads = spawn_relay(relay_front, relay_back, 1500, 4).unwrap();
 
         // Early enables: ring 0 on (with NEED_REPLY), ring 2 off.
         fe.write_all(&raw(
@@ -228,11 +249,48 @@ mod tests {
     }
 
     #[test]
+    fn early_enables_are_kept_for_existing_rings_only() {
+        let mut f = NetFilter {
+            tap_mtu: 1500,
+            num_queues: 4,
+            features_set: false,
+            mtu_negotiated: false,
+            early_enables: BTreeMap::new(),
+        };
+        let mut out = Vec::new();
+        for index in (0..100_000u32).chain([u32::MAX]) {
+            let m = Msg::new(
+                REQ_SET_VRING_ENABLE,
+                FLAG_VERSION | FLAG_NEED_REPLY,
+                enable_payload(index, 1),
+                Vec::new(),
+            );
+            f.on_frontend(m, &mut out);
+            let Some(Routed::ToFrontend(reply)) = out.pop() else {
+                panic!("index {index}: no reply");
+            };
+            assert!(out.is_empty(), "index {index}: nothing reaches the backend");
+            let nack = reply.payload_u64();
+            assert_eq!(nack, Some(u64::from(index >= 4)), "index {index}");
+        }
+        assert_eq!(f.early_enables.len(), 4, "one entry per ring at most");
+        // SET_FEATURES replays the four rings only.
+        let m = Msg::new(
+            REQ_SET_FEATURES,
+            FLAG_VERSION,
+            (1u64 << 30).to_le_bytes().to_vec(),
+            Vec::new(),
+        );
+        f.on_frontend(m, &mut out);
+        assert_eq!(out.len(), 1 + 4);
+    }
+
+    #[test]
     fn oversized_message_closes_the_connection() {
         let (mut fe, relay_front) = UnixStream::pair().unwrap();
         let (relay_back, mut be) = UnixStream::pair().unwrap();
         be.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let threads = spawn_relay(relay_front, relay_back, 1500).unwrap();
+        let threads = spawn_relay(relay_front, relay_back, 1500, 4).unwrap();
         let mut hdr = raw(REQ_SET_FEATURES, FLAG_VERSION, &[]);
         hdr[8..12].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
         fe.write_all(&hdr).unwrap();
@@ -249,7 +307,7 @@ mod tests {
         let (relay_back, mut be) = UnixStream::pair().unwrap();
         be.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         fe.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let threads = spawn_relay(relay_front, relay_back, 9000).unwrap();
+        let threads = spawn_relay(relay_front, relay_back, 9000, 2).unwrap();
 
         // The backend's protocol features gain NET_MTU on the way out.
         let offered = 0x0000_0000_0000_8223u64;

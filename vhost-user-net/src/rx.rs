@@ -5,9 +5,15 @@
 //! completed by copying the overflow into more chains (MRG_RXBUF), and when
 //! the guest has too few buffers the frame is parked in host memory and the
 //! TAP is no longer polled until the guest kicks: nothing read is lost.
+//!
+//! A parked frame is retried only when the guest has published buffers
+//! since the ring ran dry ([`RxState`] remembers its avail index then):
+//! the chains given back with `go_to_previous_position` keep
+//! `enable_notification` saying "more available", which must not loop.
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 
 use log::debug;
 use vhost_user_backend::VringT;
@@ -42,7 +48,18 @@ pub struct RxState {
     /// A frame (virtio-net header included) read from the TAP that did not
     /// fit the guest's buffers yet.
     pending: Option<Vec<u8>>,
+    /// When `pending` last found too few buffers: the guest's avail index
+    /// and the device's next index then. Until the avail index moves (or the
+    /// ring is set up anew) a retry would find the same chains.
+    dry: Option<Dry>,
     guest: Vec<libc::iovec>,
+}
+
+/// The ring's state when a parked frame found too few buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Dry {
+    avail: u16,
+    next_avail: u16,
 }
 
 // SAFETY: `guest` holds raw pointers only within one `process` call on the
@@ -55,6 +72,7 @@ impl Default for RxState {
         Self {
             bounce: vec![0; BOUNCE_LEN],
             pending: None,
+            dry: None,
             guest: Vec::new(),
         }
     }
@@ -98,15 +116,27 @@ pub fn process(
             break RxOutcome::Budget;
         }
         if let Some(frame) = st.pending.take() {
+            if st.dry == Some(ring_now(q, mem)?) {
+                // Nothing published since the ring ran dry: same chains.
+                st.pending = Some(frame);
+                if rearm_dry(q, mem, st)? {
+                    continue;
+                }
+                break RxOutcome::NoBuffers;
+            }
             match place_copy(q, mem, &frame, neg, counters, &mut used)? {
                 Placed::Delivered => {
+                    st.dry = None;
                     frames += 1;
                     continue;
                 }
                 Placed::NoRoom => {
                     st.pending = Some(frame);
-                    if q.enable_notification(mem)? {
-                        crate::ring_check::avail_sane(q, mem)?;
+                    if rearm_dry(q, mem, st)? {
+                        // Each retry needs a buffer published meanwhile. Not
+                        // counted against the budget: a Budget return relies
+                        // on a kick to come back, which the guest may have
+                        // skipped for a buffer published before the re-arm.
                         continue;
                     }
                     break RxOutcome::NoBuffers;
@@ -191,7 +221,7 @@ pub fn process(
             Ok(()) => {}
             Err(frame) => {
                 st.pending = Some(frame);
-                if q.enable_notification(mem)? {
+                if rearm_dry(q, mem, st)? {
                     continue;
                 }
                 break RxOutcome::NoBuffers;
@@ -204,6 +234,38 @@ pub fn process(
         }
     }
     Ok(outcome)
+}
+
+/// The guest's avail index and the device's next index.
+fn ring_now(q: &Queue, mem: &GuestMemoryMmap) -> Result<Dry, virtio_queue::Error> {
+    Ok(Dry {
+        avail: q.avail_idx(mem, Ordering::Acquire)?.0,
+        next_avail: q.next_avail(),
+    })
+}
+
+/// The ring ran dry with a frame parked: remembers the guest's avail index
+/// and re-arms kicks for the next buffer the guest publishes after it (with
+/// EVENT_IDX, `avail_event` must name that index, not `next_avail`: the
+/// chains given back are already published and the guest would not kick
+/// for more). True if the guest published buffers meanwhile: worth a retry.
+/// `enable_notification` alone would answer true as long as the given-back
+/// chains are there, which is what made this loop spin.
+fn rearm_dry(
+    q: &mut Queue,
+    mem: &GuestMemoryMmap,
+    st: &mut RxState,
+) -> Result<bool, virtio_queue::Error> {
+    let dry = ring_now(q, mem)?;
+    st.dry = Some(dry);
+    q.set_next_avail(dry.avail);
+    let armed = q.enable_notification(mem);
+    q.set_next_avail(dry.next_avail);
+    if !armed? {
+        return Ok(false);
+    }
+    crate::ring_check::avail_sane(q, mem)?;
+    Ok(true)
 }
 
 /// Writes `num_buffers` into the header at the front of the first chain.

@@ -264,8 +264,9 @@ pub fn run_with(
             .start_client(&private_path)
             .map_err(|e| ServeError::Daemon(e.to_string()))?;
         let back = private.accept_own()?;
-        let relay =
-            filter::spawn_relay(front, back, device.params.mtu).map_err(ServeError::Event)?;
+        let num_queues = u32::try_from(2 * device.taps.len()).unwrap_or(u32::MAX);
+        let relay = filter::spawn_relay(front, back, device.params.mtu, num_queues)
+            .map_err(ServeError::Event)?;
         info!("event=frontend_connected conn={conn}");
         if let Ok(mut cur) = stop.current.lock() {
             *cur = daemon.shutdown_handle();

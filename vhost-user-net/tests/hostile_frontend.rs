@@ -165,3 +165,36 @@ fn reconnects_do_not_leak_eventfds() {
         eventfds()
     );
 }
+
+#[test]
+fn early_enables_for_rings_the_device_lacks_are_refused() {
+    enter_private_netns();
+    let d = Daemon::start("vuh-early0", 1);
+    let wire = PacketSocket::open(&d.tap, false);
+    {
+        let mut r = raw::Raw::connect(&d.sock);
+        r.send(raw::SET_OWNER, raw::V1, &[], &[]).unwrap();
+        // Before SET_FEATURES the relay answers enables itself: ring 5 of a
+        // two-ring device is refused, ring 1 deferred.
+        let nack = r.acked(raw::SET_VRING_ENABLE, &raw::state(5, 1), &[]);
+        assert!(matches!(nack, Some(n) if n != 0), "ring 5: {nack:?}");
+        // A flood of distinct indices is neither kept nor replayed.
+        for index in 2..20_002u32 {
+            r.send(raw::SET_VRING_ENABLE, raw::V1, &raw::state(index, 1), &[])
+                .unwrap();
+        }
+        let ack = r.acked(raw::SET_VRING_ENABLE, &raw::state(1, 1), &[]);
+        assert_eq!(ack, Some(0), "ring 1 deferred");
+        let offered = r.get(raw::GET_FEATURES, &[]).expect("features");
+        let offered = u64::from_le_bytes(offered[..8].try_into().unwrap());
+        let f = offered & (raw::F_VERSION_1 | raw::F_PROTOCOL_FEATURES);
+        r.send(raw::SET_FEATURES, raw::V1, &f.to_le_bytes(), &[])
+            .unwrap();
+        assert_eq!(
+            r.probe(),
+            raw::Outcome::Served,
+            "the connection survives SET_FEATURES"
+        );
+    }
+    assert_serving(&d, &wire, 0x60, "early enables for missing rings");
+}
