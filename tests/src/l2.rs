@@ -747,6 +747,8 @@ mod tests {
     fn the_other_scripts_parse() {
         parses(&l1_qemu_reference(2, "512M"));
         parses(&l2_scenario());
+        // The load goes in exactly once, inside the L2API branch.
+        assert_eq!(L2_SCENARIO.matches("@LOAD@").count(), 1);
         parses(&l1_prelude().then(include_str!("../scripts/l1/panic.sh")));
     }
 

@@ -1,8 +1,8 @@
 # The L2 scenario (busybox sh, L2's init): CPUs seen, uptime at init,
 # kernel release; with a disk: its size, the host's pattern read back, our
 # own pattern written; with a NIC: ping and multiqueue; with L2API=1 the
-# phases L1 drives through viaduct's API. @LOAD@ becomes the crash-restart
-# load (crate::restart_load).
+# phases L1 drives through viaduct's API. The LOAD marker below becomes the
+# crash-restart load (crate::restart_load).
 T=${L2TAG:-l2}
 if [ "$T" = panic ]; then
   echo c > /proc/sysrq-trigger
