@@ -686,16 +686,19 @@ mod tests {
 
     /// `sh -n`: the whole generated script parses.
     fn parses(script: &str) {
-        let dir = std::env::temp_dir().join(format!("viaduct-l2-sh-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("script.sh");
-        std::fs::write(&f, script).unwrap();
-        let out = std::process::Command::new("sh")
+        use std::io::Write;
+        let mut sh = std::process::Command::new("sh")
             .arg("-n")
-            .arg(&f)
-            .output()
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
+        sh.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = sh.wait_with_output().unwrap();
         assert!(
             out.status.success(),
             "{}",
