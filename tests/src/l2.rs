@@ -18,6 +18,7 @@ use crate::kernel::GuestKernel;
 use crate::modules::ModuleTree;
 use crate::restart_load::{self, PER_WORKER, WORKERS};
 use crate::selftest::{Report, SelfTestError};
+use crate::shell::Prelude;
 
 /// Where L1 keeps L2's kernel images and initramfs.
 pub const L1_GUEST_DIR: &str = "/opt/viaduct/guest";
@@ -61,98 +62,9 @@ impl L2Format {
     }
 }
 
-/// The L2 scenario: CPUs seen, uptime at init, kernel release; with a
-/// disk: its size, the host's pattern read back, our own pattern written.
-/// `@LOAD@` becomes the crash-restart load ([`l2_scenario`]).
-const L2_SCENARIO: &str = r#"
-T=${L2TAG:-l2}
-if [ "$T" = panic ]; then
-  echo c > /proc/sysrq-trigger
-fi
-result ${T}_cpus=$(nproc) ${T}_online=$(cat /sys/devices/system/cpu/online)
-result ${T}_uptime=$(cut -d' ' -f1 /proc/uptime) ${T}_kernel=$(uname -r)
-result ${T}_banner=$(dmesg | grep -c 'Linux version')
-if [ -b /dev/vda ]; then
-  result ${T}_vda=1 ${T}_vda_bytes=$(blockdev --getsize64 /dev/vda)
-  D=$(basename $(readlink -f /sys/block/vda/device))
-  result ${T}_msix=$(grep -c "PCI-MSIX.*$D-" /proc/interrupts)
-  result ${T}_bar=$(grep -v '^0x0000000000000000' $(dirname $(readlink -f /sys/block/vda/device))/resource | head -1 | cut -d' ' -f1)
-  result ${T}_host_md5=$(dd if=/dev/vda bs=1M skip=4 count=1 2>/dev/null | md5sum | cut -d' ' -f1)
-  yes VIADUCT-GUEST-PATTERN | head -c 4194304 > /tmp/p
-  result ${T}_wrote_md5=$(md5sum < /tmp/p | cut -d' ' -f1)
-  dd if=/tmp/p of=/dev/vda bs=1M seek=16 conv=fsync 2>/dev/null && result ${T}_write=ok || result ${T}_write=failed
-  echo 3 > /proc/sys/vm/drop_caches
-  result ${T}_read_md5=$(dd if=/dev/vda bs=1M skip=16 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
-  result ${T}_mq=$(ls /sys/block/vda/mq | wc -l)
-  # Driver reset and re-probe: the VMM stops the rings and sets them up again.
-  echo $D > /sys/bus/virtio/drivers/virtio_blk/unbind
-  echo $D > /sys/bus/virtio/drivers/virtio_blk/bind
-  for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
-  result ${T}_rebind_md5=$(dd if=/dev/vda bs=1M skip=16 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
-else
-  result ${T}_vda=0
-fi
-if [ -e /sys/class/net/eth0 ]; then
-  result ${T}_mac=$(cat /sys/class/net/eth0/address)
-  E=$(basename $(readlink -f /sys/class/net/eth0/device))
-  result ${T}_net_msix=$(grep -c "PCI-MSIX.*$E-" /proc/interrupts)
-  ip link set eth0 up
-  ip addr add 10.0.3.2/24 dev eth0
-  n=0
-  for i in 1 2 3 4 5; do
-    n=$(ping -c 3 -W 1 10.0.3.1 2>/dev/null | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
-    [ "${n:-0}" -gt 0 ] && break
-    sleep 1
-  done
-  result ${T}_ping=${n:-0}
-  if [ -x /usr/sbin/ethtool ]; then
-    # Multiqueue: the driver asked for one pair per CPU at probe (through
-    # viaduct's control queue); switch to 1 and back, then send from
-    # each CPU (XPS maps CPU i to TX queue i; the TAP answers a flow on
-    # the queue it came from).
-    result ${T}_combined=$(/usr/sbin/ethtool -l eth0 | awk '/Current/{c=1} c&&/Combined/{print $2; exit}')
-    result ${T}_queues=$(ls /sys/class/net/eth0/queues | tr '\n' ,)
-    /usr/sbin/ethtool -L eth0 combined 1 && /usr/sbin/ethtool -L eth0 combined 2 && result ${T}_set_channels=ok
-    for c in 0 1; do
-      result ${T}_ping_cpu$c=$(taskset -c $c ping -c 3 -W 1 10.0.3.1 2>/dev/null | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
-    done
-    result ${T}_mq_errors=$(dmesg | grep -c 'queue pairs')
-  fi
-fi
-# With L2API=1 on the command line, L1 drives a choreography through
-# viaduct's API; "go" lines come from L1 through viaduct's serial input.
-if [ -n "$L2API" ]; then
-  if [ -e /sys/class/net/eth0 ]; then
-    a0=$(cut -d' ' -f1 /proc/uptime)
-    yes VIADUCT-TCP-PATTERN | head -c 16777216 | nc 10.0.3.1 5000
-    result ${T}_tcp1_secs=$(echo "$a0 $(cut -d' ' -f1 /proc/uptime)" | awk '{printf "%.2f", $2-$1}')
-    result ${T}_tcp_md5=$(yes VIADUCT-TCP-PATTERN | head -c 16777216 | md5sum | cut -d' ' -f1)
-  fi
-  # L1 SIGKILLs and restarts the blk daemon again and again under this
-  # write-verify load (crate::restart_load).
-  result ${T}_phase=load
-@LOAD@
-  result ${T}_phase=loaded
-  read -r go
-  # L1 kills and restarts the net daemon while this transfer runs.
-  ( yes VIADUCT-NET-RESTART | head -c 16777216 | nc 10.0.3.1 5001; result ${T}_net_restart_sent=$? ) &
-  result ${T}_net_restart_md5=$(yes VIADUCT-NET-RESTART | head -c 16777216 | md5sum | cut -d' ' -f1)
-  result ${T}_phase=net
-  read -r go
-  wait
-  a0=$(cut -d' ' -f1 /proc/uptime)
-  yes VIADUCT-TCP-PATTERN | head -c 16777216 | nc 10.0.3.1 5002
-  result ${T}_tcp3_secs=$(echo "$a0 $(cut -d' ' -f1 /proc/uptime)" | awk '{printf "%.2f", $2-$1}')
-  u0=$(cut -d' ' -f1 /proc/uptime)
-  result ${T}_phase=clock
-  read -r go
-  u1=$(cut -d' ' -f1 /proc/uptime)
-  result ${T}_pause_guest_secs=$(echo "$u0 $u1" | awk '{printf "%.2f", $2-$1}')
-  result ${T}_phase=done
-  # viaduct ctl shutdown ends the VM while L2 waits here.
-  read -r go
-fi
-"#;
+/// The L2 scenario (`tests/scripts/l2/scenario.sh`); `@LOAD@` becomes the
+/// crash-restart load ([`l2_scenario`]).
+const L2_SCENARIO: &str = include_str!("../scripts/l2/scenario.sh");
 
 /// Guest seconds after which L2's write-verify loop stops on its own if
 /// L1 never writes the stop mark (it does once its kills are done).
@@ -215,46 +127,28 @@ pub fn l1_disk_script(backends: &[DiskBackend]) -> String {
         let t = b.tag();
         let image = format!("/tmp/disk-{t}.raw");
         let sock = format!("/tmp/blk-{t}.sock");
-        let serve = b.command(&image, &sock);
-        let (net_start, net_stop) = match b {
-            DiskBackend::Viaduct => (
-                format!(
-                    "{NET_DAEMON} </dev/null >/tmp/net-daemon.log 2>&1 &\nN=$!\nfor i in $(seq 100); do [ -S /tmp/net.sock ] && break; sleep 0.1; done\n"
-                ),
-                "kill $N; wait $N 2>/dev/null\ntail -n 20 /tmp/net-daemon.log | sed 's/^/[net-daemon] /'\n".to_string(),
-            ),
-            DiskBackend::QemuStorageDaemon => (String::new(), String::new()),
-        };
-        let run_vmm = match b {
-            DiskBackend::Viaduct => api_choreography(t, &serve, &sock, &image),
-            DiskBackend::QemuStorageDaemon => format!(
-                r#"RUST_LOG=info {L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/bz --initramfs {L1_GUEST_DIR}/l2.cpio \
-  --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG={t}' --cpus 2 --memory 256M \
-  --disk socket={sock},num_queues=2 </dev/null
-result {t}_exit=$?
-"#
-            ),
-        };
-        s.push_str(&format!(
-            r#"truncate -s 64M {image}
-yes VIADUCT-HOST-PATTERN | head -c 1048576 > /tmp/hp
-dd if=/tmp/hp of={image} bs=1M seek=4 conv=notrunc 2>/dev/null
-result host_md5=$(md5sum < /tmp/hp | cut -d' ' -f1)
-# Daemon output goes to a file, not L1's console tty, and is shown after.
-{serve} </dev/null >/tmp/{t}-daemon.log 2>&1 &
-D=$!
-for i in $(seq 100); do [ -S {sock} ] && break; sleep 0.1; done
-[ -S {sock} ] && result {t}_listening=1 || result {t}_listening=0
-{net_start}
-{run_vmm}
-{net_stop}
-kill $D; wait $D 2>/dev/null
-tail -n 20 /tmp/{t}-daemon.log | sed 's/^/[{t}-daemon] /'
-result {t}_landed_md5=$(dd if={image} bs=1M skip=16 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
-"#
-        ));
+        let prelude = l1_prelude()
+            .var("TAG", t)
+            .var("IMAGE", &image)
+            .var("SOCK", &sock)
+            .exec_function("serve", &b.command(&image, &sock));
+        s.push_str(&prelude.then(include_str!("../scripts/l1/disk_serve.sh")));
+        match b {
+            DiskBackend::Viaduct => s.push_str(&api_choreography(prelude)),
+            DiskBackend::QemuStorageDaemon => {
+                s.push_str(include_str!("../scripts/l1/disk_boot.sh"));
+            }
+        }
+        s.push_str(include_str!("../scripts/l1/disk_finish.sh"));
     }
     s
+}
+
+/// Variables every L1 script may use.
+fn l1_prelude() -> Prelude {
+    Prelude::new()
+        .var("L1_BIN_DIR", L1_BIN_DIR)
+        .var("L1_GUEST_DIR", L1_GUEST_DIR)
 }
 
 /// The net daemon L1 runs for the full-stack run (and restarts in it):
@@ -283,146 +177,32 @@ pub const IDLE_SECS: u32 = 5;
 ///    the state is `paused`, resumes; L2 reports how much time it saw pass.
 /// 3. L2 idles: L1 counts exits for [`IDLE_SECS`], records `/vm/info`
 ///    and ends the VMM with `viaduct ctl shutdown`.
-fn api_choreography(t: &str, serve: &str, sock: &str, image: &str) -> String {
-    let block = restart_load::BLOCK;
-    let mem = HUGE_GUEST_MIB;
-    let pages = HUGE_GUEST_MIB / 2;
-    format!(
-        r#"wait_l2() {{ for i in $(seq 600); do grep -q "$1" /tmp/l2.out 2>/dev/null && return 0; sleep 0.5; done; result {t}_timeout="$1"; return 1; }}
-ctl() {{ {L1_BIN_DIR}/viaduct ctl --api-socket /tmp/vm.api "$@"; }}
-# Waits (up to ~2 s) until daemon $1's in-flight region shows a request
-# taken and not returned: a 16-byte descriptor state whose first byte, the
-# in-flight flag, is 1 (queue headers start with the zero features word).
-aim() {{
-  f=""; for x in /proc/$1/fd/*; do case "$(readlink $x)" in *viaduct-inflight*) f=$x;; esac; done
-  [ -n "$f" ] || return 1
-  for i in $(seq 300); do
-    hexdump -v -e '16/1 "%02x " "\n"' $f 2>/dev/null | grep -q '^01 ' && return 0
-  done
-  return 1
-}}
-total_exits() {{ ctl info | grep -o '"total":[0-9]*' | cut -d: -f2; }}
-# busybox nc quits when its stdin ends: hold it open with a FIFO.
-# Guest RAM in hugepages: reserve exactly what it needs.
-echo {pages} > /proc/sys/vm/nr_hugepages
-result {t}_hugepages_reserved=$(cat /proc/sys/vm/nr_hugepages)
-mkfifo /tmp/hold; sleep 600 > /tmp/hold & HOLD=$!
-nc -l -p 5000 < /tmp/hold > /tmp/tcp.rx &
-NC=$!
-rm -f /tmp/l2in; mkfifo /tmp/l2in
-( RUST_LOG=info {L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/bz --initramfs {L1_GUEST_DIR}/l2.cpio \
-  --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG={t} L2API=1' --cpus 2 --memory {mem}M,hugepages=on \
-  --disk socket={sock},num_queues=2 --net socket=/tmp/net.sock,mac={L2_MAC},num_queue_pairs=2 \
-  --api-socket /tmp/vm.api < /tmp/l2in; echo $? > /tmp/vexit ) | tee /tmp/l2.out &
-V=$!
-exec 3> /tmp/l2in
-if wait_l2 {t}_phase=load; then
-  for i in $(seq 20); do kill -0 $NC 2>/dev/null || break; sleep 0.5; done
-  kill $NC 2>/dev/null
-  result {t}_tcp_rx_md5=$(md5sum < /tmp/tcp.rx | cut -d' ' -f1) {t}_tcp_rx_bytes=$(wc -c < /tmp/tcp.rx)
-  result {t}_info_idle=$(ctl info)
-  # Hugepages in use: only viaduct's guest RAM uses them in L1.
-  result {t}_hugepages_used=$(awk '/HugePages_Total/{{t=$2}} /HugePages_Free/{{f=$2}} /HugePages_Rsvd/{{r=$2}} END {{print t-f+r}}' /proc/meminfo)
-  # The net daemon's per-queue counters (SIGUSR1 logs them).
-  kill -USR1 $N; sleep 0.5
-  for p in 0 1; do for d in rx tx; do
-    result {t}_pair${{p}}_$d=$(grep "counters pair=$p dir=$d " /tmp/net-daemon.log | tail -n 1 | sed 's/.*packets=\([0-9]*\).*/\1/')
-  done; done
-  kills=0; aimed=0
-  for k in $(seq {BLK_KILLS}); do
-    usleep $(( (${{RANDOM:-500}} % 800 + 200) * 1000 ))
-    grep -q "{t}_phase=loaded" /tmp/l2.out && break
-    aim $D && aimed=$((aimed + 1))
-    kill -9 $D; wait $D 2>/dev/null
-    usleep $(( ${{RANDOM:-100}} % 300 * 1000 ))
-    {serve} </dev/null >/tmp/{t}-daemon-k$k.log 2>&1 &
-    D=$!
-    for i in $(seq 150); do ctl info | grep -Eq "\"reconnects\":$k[,}}]" && break; sleep 0.1; done
-    kills=$k
-  done
-  result {t}_rl_kills=$kills {t}_rl_aimed=$aimed
-  result {t}_info_reconnected=$(ctl info)
-  result {t}_rl_resubmitted=$(cat /tmp/{t}-daemon-k*.log | grep -o 'resubmit=[0-9]*' | cut -d= -f2 | awk '{{s+=$1}} END {{print s+0}}')
-  # Kills done: the stop mark ends L2's writers (crate::restart_load).
-  printf LOOP-STOP! | dd of={image} bs=10 count=1 conv=notrunc 2>/dev/null
-  wait_l2 {t}_phase=loaded
-  ok=1; checked=0; w=0
-  while [ $w -lt {WORKERS} ]; do
-    n=$(sed -n "s/.*{t}_rl_iterations_$w=\([0-9]*\).*/\1/p" /tmp/l2.out | tail -n 1)
-    k=0
-    while [ $k -lt {PER_WORKER} ] && [ $k -lt ${{n:-0}} ]; do
-      last=$(( k + (n - 1 - k) / {PER_WORKER} * {PER_WORKER} ))
-      b=$(( 1 + w * {PER_WORKER} + k ))
-      want=$(yes "viaduct-$w-$last" | head -c {block} | md5sum | cut -d' ' -f1)
-      got=$(dd if={image} bs={block} skip=$b count=1 2>/dev/null | md5sum | cut -d' ' -f1)
-      if [ "$want" = "$got" ]; then checked=$((checked + 1)); else ok=0; result {t}_rl_bad_block=$b; fi
-      k=$((k + 1))
-    done
-    w=$((w + 1))
-  done
-  result {t}_rl_image=$ok {t}_rl_blocks_checked=$checked
-  nc -l -p 5001 < /tmp/hold > /tmp/tcp2.rx &
-  NC=$!
-  echo go >&3
-fi
-if wait_l2 {t}_phase=net; then
-  # The guest's TCP transfer is under way: kill the net daemon under it.
-  sleep 0.5
-  k0=$(cut -d' ' -f1 /proc/uptime)
-  kill -9 $N; wait $N 2>/dev/null
-  {NET_DAEMON} </dev/null >/tmp/net-daemon2.log 2>&1 &
-  N=$!
-  want=1; [ "$kills" = 1 ] && want=2
-  for i in $(seq 150); do [ "$(ctl info | grep -Eo '"reconnects":1[,}}]' | wc -l)" = $want ] && break; sleep 0.2; done
-  for i in $(seq 480); do kill -0 $NC 2>/dev/null || break; sleep 0.5; done
-  result {t}_tcp2_after_kill_secs=$(echo "$k0 $(cut -d' ' -f1 /proc/uptime)" | awk '{{printf "%.2f", $2-$1}}')
-  kill $NC 2>/dev/null
-  result {t}_net_restart_rx_md5=$(md5sum < /tmp/tcp2.rx | cut -d' ' -f1) {t}_net_restart_rx_bytes=$(wc -c < /tmp/tcp2.rx)
-  result {t}_info_net_reconnected=$(ctl info)
-  nc -l -p 5002 < /tmp/hold > /dev/null &
-  echo go >&3
-fi
-if wait_l2 {t}_phase=clock; then
-  ctl pause >/dev/null && result {t}_pause=ok
-  result {t}_paused_state=$(ctl info | grep -o '"state":"[a-z-]*"' | cut -d'"' -f4)
-  a=$(cut -d' ' -f1 /proc/uptime)
-  sleep {PAUSE_SECS}
-  ctl resume >/dev/null && result {t}_resume=ok
-  b=$(cut -d' ' -f1 /proc/uptime)
-  result {t}_pause_l1_secs=$(echo "$a $b" | awk '{{printf "%.2f", $2-$1}}')
-  echo go >&3
-fi
-if wait_l2 {t}_phase=done; then
-  e0=$(total_exits); sleep {IDLE_SECS}; e1=$(total_exits)
-  result {t}_idle_exits=$((e1 - e0))
-  result {t}_info_done=$(ctl info)
-  ctl shutdown >/dev/null && result {t}_shutdown=ok
-fi
-wait $V
-kill $HOLD 2>/dev/null
-result {t}_exit=$(cat /tmp/vexit)
-exec 3>&-
-tail -n 20 /tmp/{t}-daemon-k{BLK_KILLS}.log | sed 's/^/[{t}-daemon-restarted] /'
-tail -n 20 /tmp/net-daemon2.log | sed 's/^/[net-daemon-restarted] /'
-"#
-    )
+fn api_choreography(prelude: Prelude) -> String {
+    prelude
+        .var("BLOCK", restart_load::BLOCK)
+        .var("MEM_MIB", HUGE_GUEST_MIB)
+        .var("HUGEPAGES", HUGE_GUEST_MIB / 2)
+        .var("L2_MAC", L2_MAC)
+        .var("BLK_KILLS", BLK_KILLS)
+        .var("WORKERS", WORKERS)
+        .var("PER_WORKER", PER_WORKER)
+        .var("PAUSE_SECS", PAUSE_SECS)
+        .var("IDLE_SECS", IDLE_SECS)
+        .exec_function("net_daemon", NET_DAEMON)
+        .then(include_str!("../scripts/l1/fullstack.sh"))
 }
 
 /// The L1 script that boots one L2 per format and reports viaduct's status.
 pub fn l1_script(formats: &[L2Format], cpus: u32, memory: &str) -> String {
     let mut s = String::from(". /etc/viaduct/lib.sh\n");
     for f in formats {
-        let t = f.tag();
-        let (k, extra) = (f.kernel_file(), f.extra_cmdline());
-        s.push_str(&format!(
-            r#"a=$(cut -d' ' -f1 /proc/uptime)
-RUST_LOG=info {L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/{k} --initramfs {L1_GUEST_DIR}/l2.cpio \
-  --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG={t}{extra}' --cpus {cpus} --memory {memory} </dev/null
-result {t}_exit=$?
-b=$(cut -d' ' -f1 /proc/uptime)
-result {t}_vmm_secs=$(echo "$a $b" | awk '{{printf "%.2f", $2-$1}}')
-"#
-        ));
+        let prelude = l1_prelude()
+            .var("TAG", f.tag())
+            .var("KERNEL", f.kernel_file())
+            .var("EXTRA_CMDLINE", f.extra_cmdline())
+            .var("CPUS", cpus)
+            .var("MEMORY", memory);
+        s.push_str(&prelude.then(include_str!("../scripts/l1/boot.sh")));
     }
     s
 }
@@ -437,14 +217,10 @@ const QEMU_FILES: [&str; 3] = [
 /// The L1 script part that boots the same bzImage and initramfs under
 /// QEMU with KVM (the reference VMM), timed like viaduct's runs.
 pub fn l1_qemu_reference(cpus: u32, memory: &str) -> String {
-    format!(
-        r#"a=$(cut -d' ' -f1 /proc/uptime)
-{L1_BIN_DIR}/qemu-system-x86_64 -enable-kvm -cpu host -M pc -smp {cpus} -m {memory}   -nodefaults -display none -no-reboot -serial stdio   -kernel {L1_GUEST_DIR}/bz -initrd {L1_GUEST_DIR}/l2.cpio   -append 'console=ttyS0 reboot=k panic=-1 quiet L2TAG=qemu' </dev/null
-result qemu_exit=$?
-b=$(cut -d' ' -f1 /proc/uptime)
-result qemu_vmm_secs=$(echo "$a $b" | awk '{{printf "%.2f", $2-$1}}')
-"#
-    )
+    l1_prelude()
+        .var("CPUS", cpus)
+        .var("MEMORY", memory)
+        .then(include_str!("../scripts/l1/qemu_reference.sh"))
 }
 
 /// Peak RSS viaduct logged for its run (the `peak RSS N KiB` log line), in order.
@@ -868,14 +644,7 @@ pub fn boot_l2_panic(kernel: &GuestKernel, work: &Path) -> Result<Report, SelfTe
     let mut img = HostB::base_initramfs(kernel, &[("viaduct", &viaduct)])?;
     img.host_file(&format!("{L1_GUEST_DIR}/l2.cpio"), &l2_path, 0o644)?;
     img.host_file(&format!("{L1_GUEST_DIR}/bz"), &kernel.bzimage, 0o644)?;
-    img.scenario(&format!(
-        r#"{L1_BIN_DIR}/viaduct --kernel {L1_GUEST_DIR}/bz --initramfs {L1_GUEST_DIR}/l2.cpio \
-  --cmdline 'console=ttyS0 reboot=k panic=-1 quiet L2TAG=panic' --cpus 2 --memory 256M \
-  </dev/null 2>/tmp/viaduct.err
-result panic_exit=$?
-result panic_reason=$(tr ' ' '_' < /tmp/viaduct.err)
-"#
-    ));
+    img.scenario(&l1_prelude().then(include_str!("../scripts/l1/panic.sh")));
     let initrd = work.join("l1-panic.cpio");
     img.write(&initrd)?;
     let run = HostB::new(kernel).boot(
@@ -915,37 +684,75 @@ result panic_reason=$(tr ' ' '_' < /tmp/viaduct.err)
 mod tests {
     use super::*;
 
+    /// `sh -n`: the whole generated script parses.
+    fn parses(script: &str) {
+        use std::io::Write;
+        let mut sh = std::process::Command::new("sh")
+            .arg("-n")
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        sh.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = sh.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     #[test]
     fn l1_script_boots_each_format_with_its_tag() {
         let s = l1_script(&[L2Format::BzImage, L2Format::Pvh], 2, "256M");
-        assert!(s.contains("--kernel /opt/viaduct/guest/bz "));
-        assert!(s.contains("--kernel /opt/viaduct/guest/pvh "));
-        assert!(s.contains("L2TAG=pvh' --cpus 2 --memory 256M"));
-        assert!(s.contains("result bz_exit=$?"));
+        parses(&s);
+        assert!(s.contains("TAG='bz'\nKERNEL='bz'\nEXTRA_CMDLINE=''\nCPUS='2'\nMEMORY='256M'\n"));
+        assert!(s.contains("TAG='pvh'\nKERNEL='pvh'\n"));
+        assert!(s.contains("--kernel ${L1_GUEST_DIR}/${KERNEL} "));
+        assert!(s.contains("L2TAG=${TAG}${EXTRA_CMDLINE}\" --cpus ${CPUS} --memory ${MEMORY}"));
+        assert!(s.contains("result ${TAG}_exit=$?"));
         let s = l1_script(&[L2Format::BzImageAcpiOff], 1, "128M");
-        assert!(s.contains("--kernel /opt/viaduct/guest/bz "));
-        assert!(s.contains("L2TAG=noacpi acpi=off'"));
+        assert!(s.contains("TAG='noacpi'\nKERNEL='bz'\nEXTRA_CMDLINE=' acpi=off'\n"));
     }
 
     #[test]
     fn disk_script_serves_each_backend_on_its_own_socket() {
         let s = l1_disk_script(&[DiskBackend::QemuStorageDaemon, DiskBackend::Viaduct]);
+        parses(&s);
         assert!(s.contains(
-            "qemu-storage-daemon --blockdev driver=file,node-name=f0,filename=/tmp/disk-qsd.raw"
+            "exec /opt/viaduct/bin/qemu-storage-daemon --blockdev driver=file,node-name=f0,filename=/tmp/disk-qsd.raw"
         ));
         assert!(s.contains(
-            "vhost-user-blk --socket-path /tmp/blk-own.sock --blk-file /tmp/disk-own.raw"
+            "exec /opt/viaduct/bin/vhost-user-blk --socket-path /tmp/blk-own.sock --blk-file /tmp/disk-own.raw"
         ));
-        assert!(s.contains("--disk socket=/tmp/blk-qsd.sock,num_queues=2"));
-        assert!(s.contains("L2TAG=qsd'"));
-        assert!(s.contains("result qsd_exit=$?"));
+        assert!(s.contains("TAG='qsd'\nIMAGE='/tmp/disk-qsd.raw'\nSOCK='/tmp/blk-qsd.sock'\n"));
+        assert!(s.contains("--disk socket=${SOCK},num_queues=2 </dev/null\nresult ${TAG}_exit=$?"));
         // The full stack runs with the API and L1's phase choreography.
-        assert!(s.contains("L2TAG=own L2API=1'"));
+        assert!(s.contains("TAG='own'\n"));
+        assert!(s.contains("BLK_KILLS='10'\n"));
+        assert!(s.contains("exec /opt/viaduct/bin/vhost-user-net --socket-path /tmp/net.sock"));
+        assert!(s.contains("L2TAG=${TAG} L2API=1\""));
         assert!(s.contains("--api-socket /tmp/vm.api < /tmp/l2in"));
-        assert!(s.contains("wait_l2 own_phase=load"));
-        assert!(s.contains("for k in $(seq 10); do"), "the blk kill loop");
+        assert!(s.contains("wait_l2 ${TAG}_phase=load"));
+        assert!(
+            s.contains("for k in $(seq ${BLK_KILLS}); do"),
+            "the blk kill loop"
+        );
         assert!(s.contains("aim $D"));
-        assert!(s.contains("result own_exit=$(cat /tmp/vexit)"));
+        assert!(s.contains("result ${TAG}_exit=$(cat /tmp/vexit)"));
+    }
+
+    #[test]
+    fn the_other_scripts_parse() {
+        parses(&l1_qemu_reference(2, "512M"));
+        parses(&l2_scenario());
+        // The load goes in exactly once, inside the L2API branch.
+        assert_eq!(L2_SCENARIO.matches("@LOAD@").count(), 1);
+        parses(&l1_prelude().then(include_str!("../scripts/l1/panic.sh")));
     }
 
     #[test]

@@ -33,4 +33,5 @@ pub mod provision;
 pub mod qemu;
 pub mod restart_load;
 pub mod selftest;
+pub mod shell;
 pub mod wire;
