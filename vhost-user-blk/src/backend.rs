@@ -44,6 +44,8 @@ pub struct VhostUserBlkBackend {
     writeback: Arc<AtomicBool>,
     exit_events: Mutex<Vec<Option<(EventConsumer, EventNotifier)>>>,
     exit_fds: LeakedExitFds,
+    /// Guest memory the SIGBUS handler may patch (this connection's).
+    guest_ranges: crate::memguard::GuestRanges,
 }
 
 impl VhostUserBlkBackend {
@@ -80,6 +82,7 @@ impl VhostUserBlkBackend {
             writeback: settings.writeback,
             exit_events: Mutex::new(exit_events),
             exit_fds: LeakedExitFds::default(),
+            guest_ranges: crate::memguard::GuestRanges::default(),
         })
     }
 
@@ -177,8 +180,11 @@ impl VhostUserBackend for VhostUserBlkBackend {
         // Workers share the daemon's GuestMemoryAtomic and snapshot it per
         // batch; requests in flight keep their own snapshot alive. A table
         // running past the end of its files is refused (closes the
-        // connection before any worker touches it).
-        crate::memguard::check_backing(&vm_memory::GuestAddressSpace::memory(&mem))
+        // connection before any worker touches it); the rest becomes
+        // memory the SIGBUS handler may patch.
+        let snapshot = vm_memory::GuestAddressSpace::memory(&mem).into_inner();
+        crate::memguard::check_backing(&snapshot)?;
+        self.guest_ranges.track(&snapshot).map_err(io::Error::other)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {

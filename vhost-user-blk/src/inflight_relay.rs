@@ -26,8 +26,7 @@
 //! a failed REPLY_ACK if one was asked for, and the rings then run without
 //! tracking.
 
-use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use log::{info, warn};
@@ -35,6 +34,7 @@ use virtio_devices::backend::inflight::{
     InflightInfo, InflightRegion, PROTOCOL_F_INFLIGHT_SHMFD, REQ_GET_INFLIGHT_FD,
     REQ_SET_INFLIGHT_FD, SharedRegion,
 };
+use virtio_devices::backend::notify_fd;
 use virtio_devices::backend::relay::{
     FLAG_REPLY, FLAG_VERSION, Filter, Msg, REQ_GET_PROTOCOL_FEATURES, REQ_SET_PROTOCOL_FEATURES,
     Routed,
@@ -145,10 +145,10 @@ impl BlkFilter {
     }
 }
 
-/// Writes 1 to a kick eventfd.
+/// Adds 1 to a kick eventfd (the relay checked it is one; the write never
+/// blocks, see [`notify_fd`]).
 fn self_kick(fd: OwnedFd) {
-    let mut f = std::fs::File::from(fd);
-    if let Err(e) = f.write_all(&1u64.to_ne_bytes()) {
+    if let Err(e) = notify_fd::signal(fd.as_fd()) {
         warn!("event=self_kick_failed err={e}");
     }
 }

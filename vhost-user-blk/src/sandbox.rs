@@ -105,6 +105,8 @@ const ALLOWED: &[i64] = &[
     libc::SYS_statx,
     libc::SYS_lseek,
     libc::SYS_dup,
+    // is a frontend's kick/call/error fd an eventfd? (/proc/self/fd link)
+    libc::SYS_readlinkat,
     libc::SYS_eventfd2,
     libc::SYS_epoll_create1,
     libc::SYS_epoll_ctl,

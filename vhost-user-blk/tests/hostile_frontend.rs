@@ -1,10 +1,13 @@
 //! A hostile frontend and a hostile guest against the real vhost-user-blk
 //! binary (sandbox on, its default): every raw-message scenario of
-//! `hostile/raw.rs`, then ring abuse the other suites do not cover. After
+//! `hostile/raw.rs`, full pipes for notification fds (`hostile/full_pipe.rs`),
+//! then ring abuse the other suites do not cover. After
 //! each one the daemon process must be alive and a fresh, well-behaved
 //! frontend must complete a write and a read.
 
 mod common;
+#[path = "hostile/full_pipe.rs"]
+mod full_pipe;
 #[path = "hostile/raw.rs"]
 mod raw;
 
@@ -252,4 +255,46 @@ fn connections_do_not_leak_eventfds() {
         after <= base,
         "eventfds: {base} before, {after} after 30 connections"
     );
+}
+
+/// A full pipe as the kick (with the relay's self-kick), error or call fd:
+/// the fd is refused (a failed ack), and however the session went, once it
+/// hangs up a new connection is served within a few seconds. Before the
+/// fix each write parked its thread for good and the daemon never accepted
+/// again (the probe timed out after 5 s). One daemon per case, so each
+/// case shows on its own.
+#[test]
+fn a_full_pipe_as_a_notification_fd_never_stalls_the_daemon() {
+    type Session = fn(&mut raw::Raw, std::os::fd::RawFd) -> full_pipe::Acks;
+    let cases: [(&str, u32, Session); 3] = [
+        (
+            "kick (self-kick)",
+            raw::SET_VRING_KICK,
+            full_pipe::pipe_as_kick,
+        ),
+        ("error", raw::SET_VRING_ERR, full_pipe::pipe_as_err),
+        ("call", raw::SET_VRING_CALL, full_pipe::pipe_as_call),
+    ];
+    let mut failed = Vec::new();
+    for (name, req, play) in cases {
+        let (_dir, mut d) = setup("hostile-pipe", &[]);
+        // The read end stays open until the probe is done: the pipe stays full.
+        let (_read_end, write_end) = full_pipe::full_pipe();
+        let mut r = raw::Raw::connect(&d.socket);
+        let acks = play(&mut r, write_end.as_raw_fd());
+        drop(write_end);
+        drop(r);
+        let served = full_pipe::served_within(&d.socket);
+        let ack = acks.iter().find(|(r, _)| *r == req).and_then(|(_, a)| *a);
+        println!("full pipe as {name}: ack {ack:?}, next connection served after {served:?}");
+        if served.is_none_or(|t| t >= Duration::from_secs(3)) {
+            failed.push(format!("{name}: next connection not served ({served:?})"));
+            continue;
+        }
+        if ack.is_none_or(|a| a == 0) {
+            failed.push(format!("{name}: fd accepted ({ack:?})"));
+        }
+        assert_serving(&mut d, name);
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
 }

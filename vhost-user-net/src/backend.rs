@@ -62,6 +62,8 @@ pub struct NetBackend {
     mem: RwLock<GuestMemoryAtomic<GuestMemoryMmap>>,
     epolls: RwLock<EpollRefs>,
     exit_fds: LeakedExitFds,
+    /// Guest memory the SIGBUS handler may patch (this connection's).
+    guest_ranges: crate::memguard::GuestRanges,
 }
 
 impl NetBackend {
@@ -118,6 +120,7 @@ impl NetBackend {
             mem: RwLock::new(mem),
             epolls: RwLock::new(Vec::new()),
             exit_fds: LeakedExitFds::default(),
+            guest_ranges: crate::memguard::GuestRanges::default(),
         })
     }
 
@@ -210,8 +213,13 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        // A table running past the end of its files is refused.
-        crate::memguard::check_backing(&vm_memory::GuestAddressSpace::memory(&mem))?;
+        // A table running past the end of its files is refused; the rest
+        // becomes memory the SIGBUS handler may patch.
+        let snapshot = vm_memory::GuestAddressSpace::memory(&mem).into_inner();
+        crate::memguard::check_backing(&snapshot)?;
+        self.guest_ranges
+            .track(&snapshot)
+            .map_err(io::Error::other)?;
         if let Ok(mut m) = self.mem.write() {
             *m = mem;
         }

@@ -29,6 +29,7 @@ pub const SET_VRING_BASE: u32 = 10;
 pub const GET_VRING_BASE: u32 = 11;
 pub const SET_VRING_KICK: u32 = 12;
 pub const SET_VRING_CALL: u32 = 13;
+pub const SET_VRING_ERR: u32 = 14;
 pub const GET_PROTOCOL_FEATURES: u32 = 15;
 pub const SET_PROTOCOL_FEATURES: u32 = 16;
 pub const GET_QUEUE_NUM: u32 = 17;
@@ -50,6 +51,7 @@ pub const F_VERSION_1: u64 = 1 << 32;
 pub const PF_MQ: u64 = 1 << 0;
 pub const PF_REPLY_ACK: u64 = 1 << 3;
 pub const PF_CONFIG: u64 = 1 << 9;
+pub const PF_INFLIGHT_SHMFD: u64 = 1 << 12;
 
 /// Guest memory of the hostile sessions.
 pub const MEM: u64 = 1 << 20;
@@ -221,6 +223,12 @@ impl Raw {
     /// SET_OWNER, features (VERSION_1 + PROTOCOL_FEATURES), protocol
     /// features (REPLY_ACK, MQ, CONFIG where offered).
     pub fn hello(&mut self) {
+        self.hello_with(0);
+    }
+
+    /// [`Raw::hello`], also asking for the protocol features in `extra`
+    /// (where offered).
+    pub fn hello_with(&mut self, extra: u64) {
         self.send(SET_OWNER, V1, &[], &[]).unwrap();
         let offered = u64::from_le_bytes(
             self.get(GET_FEATURES, &[]).unwrap()[..8]
@@ -234,7 +242,7 @@ impl Raw {
                 .try_into()
                 .unwrap(),
         );
-        let want = pf & (PF_REPLY_ACK | PF_MQ | PF_CONFIG);
+        let want = pf & (PF_REPLY_ACK | PF_MQ | PF_CONFIG | extra);
         self.send(SET_PROTOCOL_FEATURES, V1, &want.to_le_bytes(), &[])
             .unwrap();
     }

@@ -15,7 +15,8 @@
 //! delegates to [`VringRwLock`].
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -38,11 +39,12 @@ impl<M: GuestAddressSpace> CheckedVring<M> {
     }
 
     /// Tells the frontend this ring is broken (its SET_VRING_ERR eventfd);
-    /// false when it gave none or the write failed.
+    /// false when it gave none or the write failed. Never blocks (see
+    /// [`super::notify_fd`]): callers hold the worker's lock.
     pub fn signal_error(&self) -> bool {
         let slot = self.err.lock().unwrap_or_else(|e| e.into_inner());
         match slot.as_ref() {
-            Some(mut f) => f.write_all(&1u64.to_ne_bytes()).is_ok(),
+            Some(f) => super::notify_fd::signal(f.as_fd()).is_ok(),
             None => false,
         }
     }

@@ -4,6 +4,8 @@
 //! - [`checked_vring`]: a vring that refuses SET_VRING_NUM sizes that are not
 //!   a power of two;
 //! - [`memguard`]: refuse short memory files, survive truncated ones (SIGBUS);
+//! - [`notify_fd`]: kick/call/error fds must be eventfds, written without
+//!   ever blocking;
 //! - [`privileges`]: `--user`, dropping root after start-up;
 //! - [`relay`] and [`private_socket`]: a message relay in front of
 //!   vhost-user-backend for what it cannot handle, on a private socket;
@@ -14,6 +16,7 @@ pub mod chain;
 pub mod checked_vring;
 pub mod inflight;
 pub mod memguard;
+pub mod notify_fd;
 pub mod private_socket;
 pub mod privileges;
 pub mod relay;

@@ -9,21 +9,27 @@
 //! every frontend message and decides: pass it on (maybe rewritten),
 //! answer it itself, or both; backend replies pass through
 //! [`Filter::to_frontend`] (to add a protocol feature bit, say).
-//! Everything else, fds included, passes unchanged. Framing is checked
+//! The kick, call and error fds of SET_VRING_KICK/CALL/ERR must be
+//! eventfds and are made non-blocking ([`super::notify_fd`]); a message
+//! with any other fd is refused (a failed REPLY_ACK if one was asked for)
+//! before the filter sees it. Everything else, fds included, passes
+//! unchanged. Framing is checked
 //! (12-byte header, payload at most [`MAX_PAYLOAD`], at most [`MAX_FDS`]
 //! fds); a malformed message ends the connection, as it would in the
 //! backend.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use log::debug;
+use log::{debug, warn};
 use thiserror::Error;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use super::notify_fd::{self, NotifyFdError};
 
 /// Header length of every vhost-user message.
 pub const HDR_LEN: usize = 12;
@@ -201,6 +207,20 @@ pub fn write_msg(s: &UnixStream, m: &Msg) -> Result<(), RelayError> {
     Ok(())
 }
 
+/// Checks the fds of SET_VRING_KICK/CALL/ERR ([`notify_fd::prepare`]):
+/// every one must be an eventfd, and is made non-blocking.
+fn screen_notify_fds(m: &Msg) -> Result<(), NotifyFdError> {
+    match m.request() {
+        notify_fd::REQ_SET_VRING_KICK
+        | notify_fd::REQ_SET_VRING_CALL
+        | notify_fd::REQ_SET_VRING_ERR => m
+            .fds
+            .iter()
+            .try_for_each(|fd| notify_fd::prepare(fd.as_fd())),
+        _ => Ok(()),
+    }
+}
+
 /// Frontend → backend direction, where the filtering happens. The
 /// filter's lock is held only while it decides, never across socket I/O.
 fn inbound<F: Filter>(
@@ -211,6 +231,18 @@ fn inbound<F: Filter>(
 ) -> Result<(), RelayError> {
     let mut out = Vec::new();
     while let Some(m) = read_msg(front, true)? {
+        if let Err(e) = screen_notify_fds(&m) {
+            // Refused: neither the filter nor the backend ever sees it.
+            warn!(
+                "event=notify_fd_refused request={} err=\"{e}\"",
+                m.request()
+            );
+            if m.needs_reply() {
+                let _guard = front_writer.lock();
+                write_msg(front, &Msg::reply_u64(m.request(), 1))?;
+            }
+            continue;
+        }
         filter
             .lock()
             .unwrap_or_else(|e| e.into_inner())
