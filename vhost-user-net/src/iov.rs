@@ -4,12 +4,16 @@
 //! The iovecs hold raw host pointers into the guest's shared memory. They are
 //! valid while the memory snapshot (`GuestMemoryLoadGuard`) they were built
 //! from is alive; callers build and use them within one batch that holds it.
+//!
+//! The guest may change those bytes at any time, so every copy to or from
+//! them goes through vm-memory's volatile accessors ([`VolatileSlice`]), never
+//! a plain memcpy the compiler may assume stable.
 
 use std::ops::Deref;
 
 use thiserror::Error;
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 /// Most guest segments per frame: Linux's `UIO_MAXIOV` (1024) less the one
 /// slot the data paths add (the TX header copy, the RX overflow buffer).
@@ -74,6 +78,16 @@ where
     Ok(total)
 }
 
+/// The `n` bytes `offset` bytes into `iov`, for volatile access.
+fn guest_bytes(iov: &libc::iovec, offset: usize, n: usize) -> VolatileSlice<'_> {
+    debug_assert!(offset + n <= iov.iov_len);
+    // SAFETY: the iovec was built by `gather` from a live guest memory
+    // mapping (see module doc) that outlives this borrow of it, and
+    // `offset + n <= iov_len` (both callers clip `n` to it). Our side only
+    // touches those bytes through volatile accesses, as `new` asks.
+    unsafe { VolatileSlice::new(iov.iov_base.cast::<u8>().add(offset), n) }
+}
+
 /// Copies from the iovecs, starting `offset` bytes in, into `dst`; returns
 /// the number of bytes copied.
 pub fn copy_from(iovs: &[libc::iovec], mut offset: usize, dst: &mut [u8]) -> usize {
@@ -87,17 +101,7 @@ pub fn copy_from(iovs: &[libc::iovec], mut offset: usize, dst: &mut [u8]) -> usi
             continue;
         }
         let n = (iov.iov_len - offset).min(dst.len() - done);
-        // SAFETY: the iovec was built by `gather` from a live guest memory
-        // mapping (see module doc) and `offset + n <= iov_len`; dst is a
-        // distinct host buffer of at least `done + n` bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                iov.iov_base.cast::<u8>().add(offset),
-                dst.as_mut_ptr().add(done),
-                n,
-            );
-        }
-        done += n;
+        done += guest_bytes(iov, offset, n).copy_to(&mut dst[done..done + n]);
         offset = 0;
     }
     done
@@ -116,15 +120,7 @@ pub fn copy_to(iovs: &[libc::iovec], mut offset: usize, src: &[u8]) -> usize {
             continue;
         }
         let n = (iov.iov_len - offset).min(src.len() - done);
-        // SAFETY: as in `copy_from`, with the roles swapped: the iovec points
-        // into a live, writable guest mapping and `offset + n <= iov_len`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                src.as_ptr().add(done),
-                iov.iov_base.cast::<u8>().add(offset),
-                n,
-            );
-        }
+        guest_bytes(iov, offset, n).copy_from(&src[done..done + n]);
         done += n;
         offset = 0;
     }
@@ -150,6 +146,11 @@ pub fn skip_into(iovs: &[libc::iovec], mut offset: usize, out: &mut Vec<libc::io
 
 #[cfg(test)]
 mod tests {
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{RawDescriptor, split::Descriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
     use super::*;
 
     fn iov(buf: &mut [u8]) -> libc::iovec {
@@ -174,5 +175,63 @@ mod tests {
         skip_into(&iovs, 4, &mut tail);
         assert_eq!(tail.len(), 1);
         assert_eq!(tail[0].iov_len, 4);
+    }
+
+    #[test]
+    fn guest_bytes_are_copied_only_through_volatile_accessors() {
+        let src = include_str!("iov.rs");
+        let code = src.split("#[cfg(test)]").next().unwrap_or(src);
+        for plain in [
+            "copy_nonoverlapping",
+            "ptr::copy",
+            "ptr::write",
+            "ptr::read",
+        ] {
+            assert!(!code.contains(plain), "iov.rs uses {plain} on guest memory");
+        }
+    }
+
+    #[test]
+    fn copies_through_a_chain_spanning_two_memory_regions() {
+        // Two regions with a hole: a descriptor crossing no boundary, one
+        // ending exactly at the first region's end, one in the second.
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x20000), 0x10000),
+        ])
+        .unwrap();
+        let q = MockSplitQueue::new(&mem, 16);
+        let descs: Vec<RawDescriptor> = [(0x8000u64, 5u32), (0xfffd, 3), (0x20010, 9)]
+            .iter()
+            .map(|&(addr, len)| Descriptor::new(addr, len, VRING_DESC_F_WRITE as u16, 0).into())
+            .collect();
+        let chain = q.build_desc_chain(&descs).unwrap();
+        let mut iovs = Vec::new();
+        assert_eq!(gather(chain, &mem, true, &mut iovs), Ok(17));
+        assert_eq!(iovs.len(), 3);
+
+        let frame: Vec<u8> = (1..=17).collect();
+        assert_eq!(copy_to(&iovs, 0, &frame[..2]), 2);
+        assert_eq!(copy_to(&iovs, 2, &frame[2..]), 15);
+        let at = |gpa: u64, n: usize| {
+            let mut v = vec![0u8; n];
+            mem.read_slice(&mut v, GuestAddress(gpa)).unwrap();
+            v
+        };
+        assert_eq!(at(0x8000, 5), frame[..5]);
+        assert_eq!(at(0xfffd, 3), frame[5..8]);
+        assert_eq!(at(0x20010, 9), frame[8..]);
+        // The guest changes a byte; the next read sees it.
+        mem.write_obj(0xeeu8, GuestAddress(0x20011)).unwrap();
+        let mut back = vec![0u8; 20];
+        assert_eq!(copy_from(&iovs, 0, &mut back), 17);
+        assert_eq!(back[9], 0xee);
+        assert_eq!(back[..9], frame[..9]);
+        assert_eq!(back[10..17], frame[10..]);
+        // From an offset inside the second segment, clipped at the end.
+        let mut tail = [0u8; 4];
+        assert_eq!(copy_from(&iovs, 14, &mut tail), 3);
+        assert_eq!(tail[..3], frame[14..]);
+        assert_eq!(copy_to(&iovs, 16, &[7, 7]), 1, "clipped at the end");
     }
 }
