@@ -724,6 +724,51 @@ impl QueueWorker {
     }
 }
 
+impl Drop for QueueWorker {
+    /// The kernel may still be reading into (or writing from) guest memory
+    /// that only the in-flight slots keep mapped: wait for every
+    /// completion before the slots and the ring go. Nobody reports these
+    /// completions any more (the connection is gone); they only have to
+    /// end. Should waiting fail, the slots' mappings are leaked instead
+    /// of unmapped under the kernel.
+    fn drop(&mut self) {
+        let Some(engine) = self.engine.as_mut() else {
+            return;
+        };
+        if self.inflight > 0 {
+            log::warn!(
+                "event=worker_dropped_with_inflight queue={} inflight={}",
+                self.index,
+                self.inflight
+            );
+        }
+        let mut done = Vec::new();
+        while self.inflight > 0 {
+            if let Err(e) = engine.wait_one() {
+                log::error!(
+                    "event=inflight_wait_failed queue={} inflight={} action=leak_mappings error=\"{e}\"",
+                    self.index,
+                    self.inflight
+                );
+                for slot in self.slots.drain(..) {
+                    std::mem::forget(slot);
+                }
+                return;
+            }
+            engine.reap(&mut done);
+            for (user_data, _) in done.drain(..) {
+                let slot = usize::try_from(user_data)
+                    .ok()
+                    .and_then(|s| self.slots.get_mut(s))
+                    .and_then(Option::take);
+                if slot.is_some() {
+                    self.inflight -= 1;
+                }
+            }
+        }
+    }
+}
+
 /// Which reads and writes are tried inline before the ring, per cache mode.
 fn inline_policy(cache: CacheMode) -> InlinePolicy {
     match cache {
