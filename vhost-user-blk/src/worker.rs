@@ -225,10 +225,6 @@ impl QueueWorker {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        self.tracker = region.and_then(|r| r.queue(u16::try_from(self.index).ok()?));
-        let Some(tracker) = self.tracker.as_mut() else {
-            return Ok(());
-        };
         let mem = self.mem.memory().into_inner();
         let (used_idx, ring_size, desc_table) = {
             let state = vring.get_ref();
@@ -238,6 +234,22 @@ impl QueueWorker {
                 queue.size(),
                 GuestAddress(queue.desc_table()),
             )
+        };
+        let queue_index = u16::try_from(self.index).unwrap_or(u16::MAX);
+        self.tracker = match region.map(|r| r.queue_for_ring(queue_index, ring_size)) {
+            Some(Ok(tracker)) => tracker,
+            Some(Err(e)) => {
+                // Neither read nor written: the ring runs untracked.
+                log::error!(
+                    "event=inflight_refused queue={} reason=\"{e}\" action=run_untracked",
+                    self.index
+                );
+                None
+            }
+            None => None,
+        };
+        let Some(tracker) = self.tracker.as_mut() else {
+            return Ok(());
         };
         let used_idx = match used_idx {
             Ok(i) => i.0,
