@@ -334,12 +334,17 @@ impl Server {
         if faults > 0 {
             log::warn!("event=guest_memory_faults total={faults}");
         }
-        backend.quiesce();
+        // Stop the worker threads first (dropping the daemon joins them):
+        // the guest's ioeventfd may still point at a kick fd, and a worker
+        // that took a kick after the drain would start requests nobody
+        // waits for. Then drain what they left in flight, before the next
+        // connection is accepted.
         for handler in &handlers {
             handler.send_exit_event();
         }
         drop(handlers);
         drop(daemon);
+        backend.quiesce();
         for t in relay {
             let _ = t.join();
         }

@@ -225,10 +225,6 @@ impl QueueWorker {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        self.tracker = region.and_then(|r| r.queue(u16::try_from(self.index).ok()?));
-        let Some(tracker) = self.tracker.as_mut() else {
-            return Ok(());
-        };
         let mem = self.mem.memory().into_inner();
         let (used_idx, ring_size, desc_table) = {
             let state = vring.get_ref();
@@ -238,6 +234,22 @@ impl QueueWorker {
                 queue.size(),
                 GuestAddress(queue.desc_table()),
             )
+        };
+        let queue_index = u16::try_from(self.index).unwrap_or(u16::MAX);
+        self.tracker = match region.map(|r| r.queue_for_ring(queue_index, ring_size)) {
+            Some(Ok(tracker)) => tracker,
+            Some(Err(e)) => {
+                // Neither read nor written: the ring runs untracked.
+                log::error!(
+                    "event=inflight_refused queue={} reason=\"{e}\" action=run_untracked",
+                    self.index
+                );
+                None
+            }
+            None => None,
+        };
+        let Some(tracker) = self.tracker.as_mut() else {
+            return Ok(());
         };
         let used_idx = match used_idx {
             Ok(i) => i.0,
@@ -719,6 +731,51 @@ impl QueueWorker {
         if needed {
             if let Err(e) = state.signal_used_queue() {
                 log::warn!("signal_failed queue={} error=\"{e}\"", self.index);
+            }
+        }
+    }
+}
+
+impl Drop for QueueWorker {
+    /// The kernel may still be reading into (or writing from) guest memory
+    /// that only the in-flight slots keep mapped: wait for every
+    /// completion before the slots and the ring go. Nobody reports these
+    /// completions any more (the connection is gone); they only have to
+    /// end. Should waiting fail, the slots' mappings are leaked instead
+    /// of unmapped under the kernel.
+    fn drop(&mut self) {
+        let Some(engine) = self.engine.as_mut() else {
+            return;
+        };
+        if self.inflight > 0 {
+            log::warn!(
+                "event=worker_dropped_with_inflight queue={} inflight={}",
+                self.index,
+                self.inflight
+            );
+        }
+        let mut done = Vec::new();
+        while self.inflight > 0 {
+            if let Err(e) = engine.wait_one() {
+                log::error!(
+                    "event=inflight_wait_failed queue={} inflight={} action=leak_mappings error=\"{e}\"",
+                    self.index,
+                    self.inflight
+                );
+                for slot in self.slots.drain(..) {
+                    std::mem::forget(slot);
+                }
+                return;
+            }
+            engine.reap(&mut done);
+            for (user_data, _) in done.drain(..) {
+                let slot = usize::try_from(user_data)
+                    .ok()
+                    .and_then(|s| self.slots.get_mut(s))
+                    .and_then(Option::take);
+                if slot.is_some() {
+                    self.inflight -= 1;
+                }
             }
         }
     }

@@ -33,6 +33,18 @@ fn connect(
     q: &TestQueue,
     region: Option<(VhostUserInflight, File)>,
 ) -> (Frontend, (VhostUserInflight, File)) {
+    connect_sized(socket, mem, q, region, QS)
+}
+
+/// Like [`connect`], asking for a region of `region_size` entries per
+/// queue (the ring has `q.size`).
+fn connect_sized(
+    socket: &Path,
+    mem: &GuestMemoryMmap,
+    q: &TestQueue,
+    region: Option<(VhostUserInflight, File)>,
+    region_size: u16,
+) -> (Frontend, (VhostUserInflight, File)) {
     let mut fe = Frontend::connect(socket, 1).unwrap();
     fe.set_owner().unwrap();
     let offered = fe.get_features().unwrap();
@@ -53,11 +65,11 @@ fn connect(
                 mmap_size: 0,
                 mmap_offset: 0,
                 num_queues: 1,
-                queue_size: QS,
+                queue_size: region_size,
             })
             .unwrap(),
     };
-    assert!(info.mmap_size >= 16 + 16 * u64::from(QS));
+    assert!(info.mmap_size >= 16 + 16 * u64::from(region_size));
     fe.set_inflight_fd(&info, file.as_raw_fd()).unwrap();
     let regions: Vec<_> = mem
         .iter()
@@ -65,12 +77,12 @@ fn connect(
         .collect();
     fe.set_mem_table(&regions).unwrap();
     let va = |gpa: u64| mem.get_host_address(GuestAddress(gpa)).unwrap() as u64;
-    fe.set_vring_num(0, QS).unwrap();
+    fe.set_vring_num(0, q.size).unwrap();
     fe.set_vring_addr(
         0,
         &VringConfigData {
-            queue_max_size: QS,
-            queue_size: QS,
+            queue_max_size: q.size,
+            queue_size: q.size,
             flags: 0,
             desc_table_addr: va(q.desc),
             used_ring_addr: va(q.used),
@@ -237,4 +249,49 @@ fn tempfile_of(len: u64) -> File {
     let f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     f.set_len(len).unwrap();
     f
+}
+
+/// A region whose queues are not the ring's size is refused at ring start:
+/// the ring runs without it (the region is neither initialized nor marked)
+/// and its requests are served.
+#[test]
+fn a_region_sized_unlike_the_ring_is_refused_and_requests_are_served() {
+    for (ring, region_size) in [(QS, 8u16), (8, QS)] {
+        let dir = TempDir::new("inflight-size");
+        let image = dir.path("disk.img");
+        raw_image(&image, 1 << 20);
+        let sock = dir.path("sock");
+        let log = dir.path("d.log");
+        let mut d = Daemon::start_logged(&sock, &image, &[], Some(&log));
+        let mem = guest_memory();
+        let mut q = TestQueue::new(&mem, 0, ring, false);
+        let (_fe, region) = connect_sized(&sock, &mem, &q, None, region_size);
+        // As many 3-descriptor requests as the ring holds: with the
+        // 16-entry ring, heads 9 and 12 lie above the 8-entry region.
+        let n = u64::from(ring / 3);
+        for i in 0..n {
+            q.fill(i, 512, 0xc0 + i as u8);
+            q.queue_request(i, VIRTIO_BLK_T_OUT, i, &[(i, 512)]);
+        }
+        q.kick();
+        q.wait_used(n as usize, T);
+        for i in 0..n {
+            assert_eq!(q.status(i), S_OK, "ring {ring}, request {i}");
+            assert_eq!(read_image(&image, i, 512), vec![0xc0 + i as u8; 512]);
+        }
+        let mut hdr = [0u8; 16];
+        region.1.read_exact_at(&mut hdr, 0).unwrap();
+        assert_eq!(
+            hdr, [0u8; 16],
+            "ring {ring}: a region of {region_size} entries was used"
+        );
+        assert!(d.alive());
+        d.signal(libc::SIGTERM);
+        d.wait(T);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains("event=inflight_refused"),
+            "ring {ring}, region {region_size}; daemon log:\n{text}"
+        );
+    }
 }

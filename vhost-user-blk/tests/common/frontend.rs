@@ -36,6 +36,16 @@ const RING_BASE: u64 = 0x10_0000;
 const DATA_BASE: u64 = 0x80_0000;
 const DATA_PER_QUEUE: u64 = 0x20_0000;
 
+/// Guest-physical range of queue `q`'s rings (descriptor table, avail and
+/// used ring) as [`TestQueue::new`] lays them out.
+pub fn ring_area(q: usize) -> std::ops::Range<u64> {
+    let base = RING_BASE + q as u64 * 0x1_0000;
+    base..base + 0x1_0000
+}
+
+/// Guest memory size of [`guest_memory`].
+pub const GUEST_MEM_SIZE: usize = MEM_SIZE;
+
 /// Shared guest memory backed by a memfd.
 pub fn guest_memory() -> GuestMemoryMmap {
     // SAFETY: memfd_create with a valid C string; the fd is checked below.
@@ -302,7 +312,26 @@ pub fn connect_with(
     want: u64,
     mem_slots: bool,
 ) -> Session {
-    let mem = guest_memory();
+    connect_mem(
+        socket,
+        guest_memory(),
+        num_queues,
+        queue_size,
+        want,
+        mem_slots,
+    )
+}
+
+/// Like [`connect_with`], with guest memory the caller prepared (its ring
+/// areas must be zero).
+pub fn connect_mem(
+    socket: &Path,
+    mem: GuestMemoryMmap,
+    num_queues: usize,
+    queue_size: u16,
+    want: u64,
+    mem_slots: bool,
+) -> Session {
     let mut fe = Frontend::connect(socket, num_queues as u64).unwrap();
     fe.set_owner().unwrap();
     let offered = fe.get_features().unwrap();

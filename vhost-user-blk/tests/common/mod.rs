@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod frontend;
+pub mod slow_disk;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -61,6 +61,8 @@ pub enum InflightError {
     PastEnd(u64),
     #[error("region file is not sealed against shrinking (F_SEAL_SHRINK)")]
     NotSealed,
+    #[error("region queues have {region} entries, the ring has {ring}")]
+    RingSize { region: u16, ring: u16 },
     #[error("{0}")]
     Os(&'static str, #[source] io::Error),
 }
@@ -287,6 +289,24 @@ impl InflightRegion {
         })
     }
 
+    /// Queue `q`'s part of the region for a ring of `ring_size` entries:
+    /// the region's queue size must be the ring's (a smaller region would
+    /// leave heads above it untracked, a larger one records heads the ring
+    /// cannot have). `Ok(None)` if the region has no such queue.
+    pub fn queue_for_ring(
+        self: &Arc<Self>,
+        q: u16,
+        ring_size: u16,
+    ) -> Result<Option<InflightQueue>, InflightError> {
+        if self.info.queue_size != ring_size {
+            return Err(InflightError::RingSize {
+                region: self.info.queue_size,
+                ring: ring_size,
+            });
+        }
+        Ok(self.queue(q))
+    }
+
     fn at<T>(&self, offset: usize) -> *mut T {
         debug_assert!(offset + std::mem::size_of::<T>() <= self.len);
         debug_assert!(offset % std::mem::align_of::<T>() == 0);
@@ -388,7 +408,6 @@ impl InflightQueue {
             .collect();
         pending.sort_unstable();
         self.counter = pending.last().map_or(0, |(c, _)| c.wrapping_add(1));
-        let count = u16::try_from(pending.len()).unwrap_or(u16::MAX);
         let resubmit: Vec<u16> = pending
             .into_iter()
             .map(|(_, h)| h)
@@ -401,6 +420,9 @@ impl InflightQueue {
                 ok
             })
             .collect();
+        // Only what is resubmitted was taken from the avail ring: a dropped
+        // head must not move popping past an entry nobody will complete.
+        let count = u16::try_from(resubmit.len()).unwrap_or(u16::MAX);
         Recovery {
             resubmit,
             next_avail: Some(used_idx.wrapping_add(count)),
@@ -556,6 +578,19 @@ mod tests {
         q.begin(3);
         let r = region.queue(0).unwrap().recover(0, 2);
         assert!(r.resubmit.is_empty());
-        assert_eq!(r.next_avail, Some(1));
+        assert_eq!(r.next_avail, Some(0), "a dropped head moved next_avail");
+    }
+
+    #[test]
+    fn the_region_must_have_the_rings_size() {
+        let region = Arc::new(InflightRegion::create(2, 8).unwrap());
+        for ring in [4, 16] {
+            assert!(matches!(
+                region.queue_for_ring(0, ring),
+                Err(InflightError::RingSize { region: 8, ring: r }) if r == ring
+            ));
+        }
+        assert!(region.queue_for_ring(1, 8).unwrap().is_some());
+        assert!(region.queue_for_ring(2, 8).unwrap().is_none());
     }
 }
