@@ -41,8 +41,6 @@ pub type Vring = crate::checked_vring::CheckedVring<AtomicMem>;
 
 /// Linux's IOV_MAX: more iovecs than this and readv/writev fail.
 const IOV_MAX: usize = 1024;
-/// `_IO(0x12, 119)`: discard a byte range of a block device.
-const BLKDISCARD: libc::c_ulong = 0x1277;
 
 /// Worker failures that are the host's fault, never the guest's.
 #[derive(Debug, thiserror::Error)]
@@ -451,37 +449,6 @@ impl QueueWorker {
                 };
                 self.finish(vring, mem, req.head, req.status_addr, status, used);
             }
-            (
-                RequestKind::Discard {
-                    sector,
-                    num_sectors,
-                },
-                DiskBackend::Raw {
-                    file,
-                    block_device: true,
-                },
-            ) => {
-                let range = [
-                    Request::sector_to_offset(*sector),
-                    Request::sector_to_offset(u64::from(*num_sectors)),
-                ];
-                // SAFETY: BLKDISCARD reads two u64s from the pointer, which
-                // points at `range`, alive for the call; the fd is our open
-                // block device.
-                let rc = unsafe {
-                    libc::ioctl(
-                        std::os::fd::AsRawFd::as_raw_fd(file),
-                        BLKDISCARD,
-                        range.as_ptr(),
-                    )
-                };
-                let status = if rc == 0 {
-                    BlockStatus::Ok
-                } else {
-                    BlockStatus::IoErr
-                };
-                self.finish(vring, mem, req.head, req.status_addr, status, 0);
-            }
             (_, DiskBackend::Raw { .. }) => self.submit_raw(vring, mem, req)?,
         }
         Ok(())
@@ -522,10 +489,13 @@ impl QueueWorker {
                 0,
                 Some(Vec::new()),
                 Request::sector_to_offset(*sector),
-                Some((
-                    Request::sector_to_offset(u64::from(*num_sectors)),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                )),
+                // Block devices: the discard command (see below).
+                (!self.disk.is_block_device()).then(|| {
+                    (
+                        Request::sector_to_offset(u64::from(*num_sectors)),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    )
+                }),
             ),
             RequestKind::WriteZeroes {
                 sector,
@@ -582,6 +552,10 @@ impl QueueWorker {
                 dsync,
             },
             (_, Some((len, mode))) => UringOp::Fallocate { offset, len, mode },
+            (RequestKind::Discard { num_sectors, .. }, None) => UringOp::BlockDiscard {
+                offset,
+                len: Request::sector_to_offset(u64::from(*num_sectors)),
+            },
             (RequestKind::WriteZeroes { .. }, None) => UringOp::Writev {
                 iov: &iov,
                 offset,
