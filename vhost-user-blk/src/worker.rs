@@ -206,6 +206,18 @@ impl QueueWorker {
     /// Wait for every request in flight and complete it (stop_vring,
     /// disconnect, shutdown, reset). Clears the broken-ring state.
     pub fn drain(&mut self) -> Result<(), WorkerError> {
+        self.settle()?;
+        self.broken = false;
+        self.vring = None;
+        self.tracker = None;
+        Ok(())
+    }
+
+    /// Wait for every request in flight and complete it, each through the
+    /// memory table it started with; the ring keeps running (a memory
+    /// table change: completions must reach the guest before the table
+    /// they were started under goes away).
+    pub fn settle(&mut self) -> Result<(), WorkerError> {
         while self.inflight > 0 {
             let Some(vring) = self.vring.clone() else {
                 break;
@@ -216,9 +228,6 @@ impl QueueWorker {
             self.complete_ready(&vring);
             self.notify(&vring);
         }
-        self.broken = false;
-        self.vring = None;
-        self.tracker = None;
         Ok(())
     }
 
