@@ -307,14 +307,17 @@ impl QueueWorker {
     fn busy_poll(&mut self, vring: &Vring) -> Result<(), WorkerError> {
         let mut deadline = Instant::now() + self.settings.poll;
         while Instant::now() < deadline {
+            if !vring.get_ref().is_enabled() {
+                // SET_VRING_ENABLE(0): stop polling; what is in flight
+                // still completes (completion events).
+                break;
+            }
             let before = self.counters().requests.load(Ordering::Relaxed);
             let popped = self.process_ring(vring)?;
             self.complete_ready(vring);
             self.notify(vring);
             if popped > 0 || self.counters().requests.load(Ordering::Relaxed) != before {
                 deadline = Instant::now() + self.settings.poll;
-            } else if !vring.get_ref().is_enabled() {
-                break;
             } else {
                 std::hint::spin_loop();
             }
@@ -325,7 +328,9 @@ impl QueueWorker {
     /// Pop and dispatch every available chain (the event_idx
     /// disable/drain/enable loop), submit, reap, notify. Returns chains popped.
     fn process_ring(&mut self, vring: &Vring) -> Result<usize, WorkerError> {
-        if self.broken {
+        // A disabled ring (SET_VRING_ENABLE(0)) is not processed, whoever
+        // asks: a kick, a busy poll, a self-kick.
+        if self.broken || !vring.get_ref().is_enabled() {
             return Ok(0);
         }
         let mem = self.mem.memory().into_inner();
