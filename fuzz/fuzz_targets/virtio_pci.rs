@@ -9,7 +9,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use virtio_devices::pci::{MsiMessage, MsiRoutes, PciDevice};
+use pci::{MsiMessage, MsiRoutes, PciDevice};
 use virtio_devices::transport::virtio_pci::VirtioPciDevice;
 use virtio_devices::transport::{ActivateError, QueueConfig, VirtioDevice};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
