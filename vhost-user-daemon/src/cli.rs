@@ -84,7 +84,7 @@ mod tests {
             Ok(Listen::Path("/s".into()))
         );
         assert_eq!(listen(&["--fd", "3"]), Ok(Listen::Fd(3)));
-        assert_eq!(listen(&["--fd", "-1"]), Err(CliError::BadFd(-1)));
+        assert_eq!(listen(&["--fd=-1"]), Err(CliError::BadFd(-1)));
         assert_eq!(listen(&[]), Err(CliError::ListenChoice));
         assert_eq!(
             listen(&["--socket-path", "/s", "--fd", "3"]),
