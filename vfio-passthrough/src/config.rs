@@ -7,7 +7,10 @@
 //! resizable BAR hidden) and the MSI-X message control word virtualized
 //! (the VMM enables MSI-X through VFIO, not through the register), the MSI
 //! capability's registers emulated ([`MsiRegs`]), and, on request, MSI-X
-//! hidden (the guest then uses MSI). Every
+//! hidden (the guest then uses MSI). A hidden capability is gone as a whole,
+//! not only unlinked: its header and body read as zero, as on a device
+//! without it, and writes to them are dropped ([`crate::cap_extent`] says
+//! where it lies). Every
 //! other byte is forwarded to the device's config region with the exact
 //! offset and size. Pure: the device is reached through [`ConfigSpace`],
 //! so unit tests run on a fabricated configuration space.
@@ -15,6 +18,8 @@
 use pci::BarRegion;
 
 use pci::msi_cap::{MsiCap, MsiRegs};
+
+use crate::cap_extent::{HiddenRanges, ext_extent, std_extent};
 
 /// Where the real configuration space is read and written (the VFIO
 /// config region in production, a byte array in tests).
@@ -141,6 +146,8 @@ pub struct VirtualConfig {
     first_cap: u8,
     /// (offset, virtual header) of every extended capability header we rewrite.
     ext_headers: Vec<(u64, u32)>,
+    /// Where the hidden capabilities (standard and extended) lie.
+    hidden: HiddenRanges,
     size: usize,
     msix: Option<MsixLayout>,
     /// Device's message control (table size bits) with the guest's bits.
@@ -151,6 +158,17 @@ pub struct VirtualConfig {
     device_pin: u8,
     /// The pin the guest sees: the device's once INTx is wired, else 0.
     int_pin: u8,
+}
+
+/// The standard capability list as the guest sees it.
+struct StdCaps {
+    /// (offset of a kept capability, next kept offset).
+    chain: Vec<(u64, u8)>,
+    first: u8,
+    msix: Option<MsixLayout>,
+    msi: Option<MsiCap>,
+    /// Where the capabilities left out lie.
+    hidden: HiddenRanges,
 }
 
 fn le32(b: &[u8], off: usize) -> u32 {
@@ -196,12 +214,18 @@ impl VirtualConfig {
             return Err(ConfigError::NotEndpoint(raw[HEADER_TYPE]));
         }
         let bars = Self::decode_bars(&raw, bar_sizes);
-        let (std_chain, first_cap, msix, msi) = Self::filter_std_caps(&raw, keep_msix);
+        let StdCaps {
+            chain: std_chain,
+            first: first_cap,
+            msix,
+            msi,
+            mut hidden,
+        } = Self::filter_std_caps(&raw, keep_msix);
         let has_pcie = std_chain
             .iter()
             .any(|(off, _)| raw.get(*off as usize) == Some(&CAP_PCIE));
         let ext_headers = if size == EXT_SIZE && has_pcie {
-            Self::filter_ext_caps(&raw)
+            Self::filter_ext_caps(&raw, &mut hidden)
         } else {
             Vec::new()
         };
@@ -231,6 +255,7 @@ impl VirtualConfig {
             std_chain,
             first_cap,
             ext_headers,
+            hidden,
             size,
             msix,
             msix_control,
@@ -278,15 +303,13 @@ impl VirtualConfig {
         bars
     }
 
-    #[allow(clippy::type_complexity)]
-    fn filter_std_caps(
-        raw: &[u8],
-        keep_msix: bool,
-    ) -> (Vec<(u64, u8)>, u8, Option<MsixLayout>, Option<MsiCap>) {
+    fn filter_std_caps(raw: &[u8], keep_msix: bool) -> StdCaps {
         let status = u16::from_le_bytes([raw[6], raw[7]]);
         let mut kept = Vec::new();
         let mut msix = None;
         let mut msi = None;
+        // (offset, id) of every capability on the device's list.
+        let mut listed: Vec<(u64, u8)> = Vec::new();
         if status & 0x10 != 0 {
             let mut ptr = raw[CAP_PTR as usize] & 0xfc;
             let mut seen = Vec::new();
@@ -298,6 +321,7 @@ impl VirtualConfig {
                 seen.push(ptr);
                 let off = usize::from(ptr);
                 let id = raw[off];
+                listed.push((off as u64, id));
                 let hidden = id == CAP_MSIX && !keep_msix;
                 if id == CAP_MSI {
                     // Kept only if its registers fit in the standard space.
@@ -330,10 +354,23 @@ impl VirtualConfig {
             chain.push((*off, next));
         }
         let first = kept.first().map_or(0, |f| *f as u8);
-        (chain, first, msix, msi)
+        let offsets: Vec<u64> = listed.iter().map(|(o, _)| *o).collect();
+        let mut hidden = HiddenRanges::default();
+        for &(off, id) in listed.iter().filter(|(o, _)| !kept.contains(o)) {
+            hidden.push(std_extent(raw, id, off, &offsets, STD_SIZE as u64));
+        }
+        StdCaps {
+            chain,
+            first,
+            msix,
+            msi,
+            hidden,
+        }
     }
 
-    fn filter_ext_caps(raw: &[u8]) -> Vec<(u64, u32)> {
+    /// The virtual headers of the extended list; adds the hidden
+    /// capabilities' extents to `hidden`.
+    fn filter_ext_caps(raw: &[u8], hidden: &mut HiddenRanges) -> Vec<(u64, u32)> {
         let mut all = Vec::new();
         let mut off = 0x100usize;
         // 4 KiB holds at most 960 four-byte headers; a loop ends here.
@@ -356,6 +393,13 @@ impl VirtualConfig {
             .collect();
         if kept.len() == all.len() {
             return Vec::new();
+        }
+        let offsets: Vec<u64> = all.iter().map(|(o, _)| *o).collect();
+        for (off, h) in &all {
+            let id = (h & 0xffff) as u16;
+            if HIDDEN_ECAPS.contains(&id) {
+                hidden.push(ext_extent(raw, id, *off, &offsets, EXT_SIZE as u64));
+            }
         }
         let mut headers = Vec::new();
         for (i, (off, h)) in kept.iter().enumerate() {
@@ -471,6 +515,10 @@ impl VirtualConfig {
         {
             return Some(byte_of(*h, *base));
         }
+        if self.hidden.contains(off) {
+            // A hidden capability: absent, as on a device without it.
+            return Some(0);
+        }
         None
     }
 
@@ -535,7 +583,8 @@ impl VirtualConfig {
                 }
             }
             // Everything else owned here (ROM, pin, chain pointers, extended
-            // headers, the table-size half of MSI-X control) is read-only.
+            // headers, the table-size half of MSI-X control, hidden
+            // capabilities) is read-only: the write is dropped.
         }
         effect
     }
@@ -787,6 +836,88 @@ mod tests {
         assert_eq!(rd(&c, &d, 0x3d, 1), 0, "no INTx pin");
     }
 
+    /// The guest's view of all of config space, dword by dword.
+    fn view(c: &VirtualConfig, d: &Fake) -> Vec<u32> {
+        (0..c.size() as u64 / 4)
+            .map(|i| rd(c, d, 4 * i, 4))
+            .collect()
+    }
+
+    #[test]
+    fn hidden_capabilities_read_as_absent_and_drop_writes() {
+        // Give every hidden capability a body: vendor at 0x48 (length 8),
+        // SR-IOV at 0x140 (control/status, VF counts), ARI at 0x160,
+        // REBAR at 0x180 (one BAR).
+        let (d, sizes) = fake();
+        {
+            let mut b = d.bytes.borrow_mut();
+            b[0x4a] = 8;
+            put32(&mut b, 0x4c, 0xdead_beef);
+            put32(&mut b, 0x148, 0x0000_0019); // VF enable, MSE, ARI hierarchy
+            put32(&mut b, 0x14c, 0x0007_0007); // total VFs, initial VFs
+            put32(&mut b, 0x15c, 0x0000_1234);
+            put32(&mut b, 0x164, 0x0000_0102);
+            put32(&mut b, 0x184, 0x0000_fff0);
+            put32(&mut b, 0x188, 0x0000_0020);
+            put32(&mut b, 0x190, 0x1234_5678); // past REBAR: device-specific
+        }
+        // The same device without them (lists relinked past them).
+        let (without, _) = fake();
+        {
+            let mut b = without.bytes.borrow_mut();
+            let src = d.bytes.borrow();
+            b.copy_from_slice(&src);
+            b[0x41] = 0x50; // PM -> MSI
+            b[0x48..0x50].fill(0);
+            put32(&mut b, 0x100, 0x0001_0001); // AER, end
+            b[0x140..0x168].fill(0);
+            b[0x180..0x18c].fill(0);
+        }
+        for keep_msix in [true, false] {
+            if !keep_msix {
+                let mut b = without.bytes.borrow_mut();
+                b[0x51] = 0xa0; // MSI -> PCIe
+                b[0x70..0x7c].fill(0);
+            }
+            let mut c = VirtualConfig::with_msix(&d, sizes, 4096, keep_msix).unwrap();
+            let mut absent = VirtualConfig::with_msix(&without, sizes, 4096, keep_msix).unwrap();
+            let (got, want) = (view(&c, &d), view(&absent, &without));
+            let differ: Vec<String> = (0..got.len())
+                .filter(|&i| got[i] != want[i])
+                .map(|i| format!("{:#x}: {:#x} != {:#x}", 4 * i, got[i], want[i]))
+                .collect();
+            assert!(differ.is_empty(), "msix={keep_msix}: {differ:?}");
+            // Writes of every size to the hidden ranges reach nothing.
+            d.writes.borrow_mut().clear();
+            let mut hidden = vec![0x48..0x50, 0x140..0x168, 0x180..0x18c];
+            if !keep_msix {
+                hidden.push(0x70..0x7c);
+            }
+            for r in &hidden {
+                for off in r.clone().step_by(4) {
+                    c.write(&d, off, &[0xff; 4]);
+                    c.write(&d, off + 2, &[0xff; 2]);
+                    c.write(&d, off + 1, &[0xff]);
+                }
+            }
+            assert!(
+                d.writes.borrow().is_empty(),
+                "msix={keep_msix}: {:?}",
+                d.writes.borrow()
+            );
+            // Next to them, the device's own registers are still reached.
+            for (cfg, dev) in [(&mut c, &d), (&mut absent, &without)] {
+                cfg.write(dev, 0x190, &[0xaa]);
+                cfg.write(dev, 0x104, &[0xbb]);
+            }
+            assert_eq!(
+                *d.writes.borrow(),
+                vec![(0x190, vec![0xaa]), (0x104, vec![0xbb])]
+            );
+            assert_eq!(rd(&c, &d, 0x190, 4), 0x1234_56aa);
+        }
+    }
+
     #[test]
     fn hidden_first_extended_capability_becomes_a_null_header() {
         let (d, sizes) = fake();
@@ -835,13 +966,13 @@ mod tests {
         let e = c.write(&d, COMMAND, &0x0006u16.to_le_bytes());
         assert!(e.remap, "memory enable changes mappings");
         c.write(&d, 0xa8, &[0x12, 0x34, 0x56, 0x78]);
-        c.write(&d, 0x4a, &[0x55]);
+        c.write(&d, 0xe5, &[0x55]); // device-specific, outside every capability
         assert_eq!(
             *d.writes.borrow(),
             vec![
                 (4, vec![6, 0]),
                 (0xa8, vec![0x12, 0x34, 0x56, 0x78]),
-                (0x4a, vec![0x55])
+                (0xe5, vec![0x55])
             ]
         );
         assert_eq!(rd(&c, &d, 0, 4), 0x10c9_8086);

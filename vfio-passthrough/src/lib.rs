@@ -5,12 +5,14 @@
 //! - Passthrough of a device into a guest: [`group`] (is it usable?),
 //!   [`session`] (container, DMA, open/reset/shutdown), [`device`] (the
 //!   PCI function the VMM's bus drives), [`config`] (config-space
-//!   virtualization), [`bars`] (BARs as KVM memory slots),
+//!   virtualization; [`cap_extent`]: where hidden capabilities lie),
+//!   [`bars`] (BARs as KVM memory slots),
 //!   [`interrupts`] (MSI-X to irqfd), [`msi`] (MSI, over `pci::msi_cap`),
 //!   [`intx`] (INTx with a resampling irqfd), [`dma`],
 //!   [`reset`], [`vf`] (mac/vlan).
 
 pub mod bars;
+pub mod cap_extent;
 pub mod config;
 pub mod device;
 pub mod dma;

@@ -178,8 +178,19 @@ impl VhostUserBackend for VhostUserBlkBackend {
 
     fn update_memory(&self, mem: AtomicMem) -> io::Result<()> {
         // Workers share the daemon's GuestMemoryAtomic and snapshot it per
-        // batch; requests in flight keep their own snapshot alive. A table
-        // running past the end of its files is refused (closes the
+        // batch; requests in flight keep their own snapshot alive. Those
+        // are finished here, through the table they started with, before
+        // the frontend gets its reply: a completion written through the
+        // old table after that is lost if the ring or a buffer moved (the
+        // frontend may reuse the old memory once we answered), as
+        // GET_VRING_BASE waits for them too. The old table stays memory
+        // the SIGBUS handler may patch until then.
+        for (q, w) in self.workers.iter().enumerate() {
+            if let Err(e) = lock(w).settle() {
+                log::error!("settle_failed queue={q} error=\"{e}\"");
+            }
+        }
+        // A table running past the end of its files is refused (closes the
         // connection before any worker touches it); the rest becomes
         // memory the SIGBUS handler may patch.
         let snapshot = vm_memory::GuestAddressSpace::memory(&mem).into_inner();

@@ -67,7 +67,7 @@ pub enum DiskBackend {
     Raw {
         /// The open image.
         file: File,
-        /// It is a block device (discard via BLKDISCARD).
+        /// It is a block device (discard via the io_uring discard command).
         block_device: bool,
     },
     /// qcow2 via imago, one lock around the driver (correctness first).
@@ -180,6 +180,18 @@ impl Disk {
             DiskBackend::Raw { file, .. } => Some(file.as_raw_fd()),
             DiskBackend::Qcow2(_) => None,
         }
+    }
+
+    /// Whether this is a raw block device (discard by the block layer's
+    /// io_uring command rather than fallocate).
+    pub fn is_block_device(&self) -> bool {
+        matches!(
+            self.backend,
+            DiskBackend::Raw {
+                block_device: true,
+                ..
+            }
+        )
     }
 
     /// Make everything written so far durable (at shutdown); a no-op for

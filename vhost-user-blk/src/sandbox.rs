@@ -59,9 +59,6 @@ impl FileRule<'_> {
     }
 }
 
-/// BLKDISCARD (`_IO(0x12, 119)`), for discard on a block device.
-const BLKDISCARD: u64 = 0x1277;
-
 /// Syscalls allowed with any arguments.
 const ALLOWED: &[i64] = &[
     // memory, threads, signals (std, glibc, vhost-user-backend workers)
@@ -150,16 +147,10 @@ const ALLOWED: &[i64] = &[
     libc::SYS_openat2,
 ];
 
-/// ioctls allowed (second argument): discard on block devices, the
+/// ioctls allowed (second argument): the
 /// FIONBIO/FIOCLEX std uses on sockets, and the read-only terminal queries
 /// the logger makes when stderr is a terminal (TCGETS, TIOCGWINSZ).
-const IOCTLS: &[u64] = &[
-    BLKDISCARD,
-    libc::FIONBIO,
-    libc::FIOCLEX,
-    libc::TCGETS,
-    libc::TIOCGWINSZ,
-];
+const IOCTLS: &[u64] = &[libc::FIONBIO, libc::FIOCLEX, libc::TCGETS, libc::TIOCGWINSZ];
 
 /// The seccomp program; `mismatch` is what happens to off-list syscalls.
 pub fn filter(mismatch: SeccompAction) -> Result<BpfProgram, SandboxError> {

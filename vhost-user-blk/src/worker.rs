@@ -30,6 +30,7 @@ use crate::counters::QueueCounters;
 use crate::disk::{Disk, DiskBackend};
 use crate::engine::qcow2;
 use crate::engine::uring::{Inline, InlinePolicy, UringEngine, UringError, UringOp};
+use crate::engine::zeroes::{self, ZeroFill};
 
 /// Guest memory as the daemon maps it.
 pub type Mem = GuestMemoryMmap<()>;
@@ -40,8 +41,6 @@ pub type Vring = crate::checked_vring::CheckedVring<AtomicMem>;
 
 /// Linux's IOV_MAX: more iovecs than this and readv/writev fail.
 const IOV_MAX: usize = 1024;
-/// `_IO(0x12, 119)`: discard a byte range of a block device.
-const BLKDISCARD: libc::c_ulong = 0x1277;
 
 /// Worker failures that are the host's fault, never the guest's.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +75,8 @@ enum Class {
     Read,
     Write,
     Discard,
+    /// WRITE_ZEROES: a fallocate, then maybe zeroes written chunk by chunk.
+    Zeroes,
     Other,
 }
 
@@ -91,6 +92,8 @@ struct InFlight {
     _mem: Arc<Mem>,
     /// The iovec array the kernel reads (heap buffer, never reallocated).
     _iov: Vec<libc::iovec>,
+    /// WRITE_ZEROES: the range still to zero.
+    zero_fill: Option<ZeroFill>,
 }
 
 // SAFETY: the iovecs' raw pointers refer to guest memory that the same
@@ -118,6 +121,9 @@ pub struct QueueWorker {
     unsignalled: usize,
     /// This queue's part of the in-flight region while the ring runs.
     tracker: Option<InflightQueue>,
+    /// fallocate modes the image refused for WRITE_ZEROES (zeroes are
+    /// written instead from then on).
+    zero_modes_refused: Vec<i32>,
 }
 
 impl QueueWorker {
@@ -157,6 +163,7 @@ impl QueueWorker {
             completions: Vec::new(),
             unsignalled: 0,
             tracker: None,
+            zero_modes_refused: Vec::new(),
         })
     }
 
@@ -199,6 +206,18 @@ impl QueueWorker {
     /// Wait for every request in flight and complete it (stop_vring,
     /// disconnect, shutdown, reset). Clears the broken-ring state.
     pub fn drain(&mut self) -> Result<(), WorkerError> {
+        self.settle()?;
+        self.broken = false;
+        self.vring = None;
+        self.tracker = None;
+        Ok(())
+    }
+
+    /// Wait for every request in flight and complete it, each through the
+    /// memory table it started with; the ring keeps running (a memory
+    /// table change: completions must reach the guest before the table
+    /// they were started under goes away).
+    pub fn settle(&mut self) -> Result<(), WorkerError> {
         while self.inflight > 0 {
             let Some(vring) = self.vring.clone() else {
                 break;
@@ -209,9 +228,6 @@ impl QueueWorker {
             self.complete_ready(&vring);
             self.notify(&vring);
         }
-        self.broken = false;
-        self.vring = None;
-        self.tracker = None;
         Ok(())
     }
 
@@ -291,14 +307,17 @@ impl QueueWorker {
     fn busy_poll(&mut self, vring: &Vring) -> Result<(), WorkerError> {
         let mut deadline = Instant::now() + self.settings.poll;
         while Instant::now() < deadline {
+            if !vring.get_ref().is_enabled() {
+                // SET_VRING_ENABLE(0): stop polling; what is in flight
+                // still completes (completion events).
+                break;
+            }
             let before = self.counters().requests.load(Ordering::Relaxed);
             let popped = self.process_ring(vring)?;
             self.complete_ready(vring);
             self.notify(vring);
             if popped > 0 || self.counters().requests.load(Ordering::Relaxed) != before {
                 deadline = Instant::now() + self.settings.poll;
-            } else if !vring.get_ref().is_enabled() {
-                break;
             } else {
                 std::hint::spin_loop();
             }
@@ -309,7 +328,9 @@ impl QueueWorker {
     /// Pop and dispatch every available chain (the event_idx
     /// disable/drain/enable loop), submit, reap, notify. Returns chains popped.
     fn process_ring(&mut self, vring: &Vring) -> Result<usize, WorkerError> {
-        if self.broken {
+        // A disabled ring (SET_VRING_ENABLE(0)) is not processed, whoever
+        // asks: a kick, a busy poll, a self-kick.
+        if self.broken || !vring.get_ref().is_enabled() {
             return Ok(0);
         }
         let mem = self.mem.memory().into_inner();
@@ -454,37 +475,6 @@ impl QueueWorker {
                 };
                 self.finish(vring, mem, req.head, req.status_addr, status, used);
             }
-            (
-                RequestKind::Discard {
-                    sector,
-                    num_sectors,
-                },
-                DiskBackend::Raw {
-                    file,
-                    block_device: true,
-                },
-            ) => {
-                let range = [
-                    Request::sector_to_offset(*sector),
-                    Request::sector_to_offset(u64::from(*num_sectors)),
-                ];
-                // SAFETY: BLKDISCARD reads two u64s from the pointer, which
-                // points at `range`, alive for the call; the fd is our open
-                // block device.
-                let rc = unsafe {
-                    libc::ioctl(
-                        std::os::fd::AsRawFd::as_raw_fd(file),
-                        BLKDISCARD,
-                        range.as_ptr(),
-                    )
-                };
-                let status = if rc == 0 {
-                    BlockStatus::Ok
-                } else {
-                    BlockStatus::IoErr
-                };
-                self.finish(vring, mem, req.head, req.status_addr, status, 0);
-            }
             (_, DiskBackend::Raw { .. }) => self.submit_raw(vring, mem, req)?,
         }
         Ok(())
@@ -501,6 +491,7 @@ impl QueueWorker {
         req: Request,
     ) -> Result<(), WorkerError> {
         let dsync = !self.wce() && !self.disk.cache.dsync();
+        let mut zero_fill = None;
         let (class, expected, iov, offset, fallocate) = match &req.kind {
             RequestKind::Read { sector, data, len } => (
                 Class::Read,
@@ -524,29 +515,52 @@ impl QueueWorker {
                 0,
                 Some(Vec::new()),
                 Request::sector_to_offset(*sector),
-                Some((
-                    Request::sector_to_offset(u64::from(*num_sectors)),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                )),
+                // Block devices: the discard command (see below).
+                (!self.disk.is_block_device()).then(|| {
+                    (
+                        Request::sector_to_offset(u64::from(*num_sectors)),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    )
+                }),
             ),
             RequestKind::WriteZeroes {
                 sector,
                 num_sectors,
                 unmap,
-            } => (
-                Class::Other,
-                0,
-                Some(Vec::new()),
-                Request::sector_to_offset(*sector),
-                Some((
-                    Request::sector_to_offset(u64::from(*num_sectors)),
-                    if *unmap {
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
-                    } else {
-                        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
-                    },
-                )),
-            ),
+            } => {
+                let offset = Request::sector_to_offset(*sector);
+                let len = Request::sector_to_offset(u64::from(*num_sectors));
+                let mode = if *unmap {
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+                } else {
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+                };
+                let mut fill = ZeroFill::new(offset, len, mode, dsync);
+                let first = if self.zero_modes_refused.contains(&mode) {
+                    // Known refused: write zeroes straight away.
+                    fill.writing = true;
+                    fill.chunk()
+                } else {
+                    None
+                };
+                zero_fill = Some(fill);
+                match first {
+                    Some((off, n)) => (
+                        Class::Zeroes,
+                        0,
+                        zeroes::iovec(n).ok().map(|v| vec![v]),
+                        off,
+                        None,
+                    ),
+                    None => (
+                        Class::Zeroes,
+                        0,
+                        Some(Vec::new()),
+                        offset,
+                        Some((len, mode)),
+                    ),
+                }
+            }
             RequestKind::Flush => (Class::Other, 0, Some(Vec::new()), 0, None),
             RequestKind::GetId { .. } => (Class::Other, 0, Some(Vec::new()), 0, None),
         };
@@ -564,6 +578,15 @@ impl QueueWorker {
                 dsync,
             },
             (_, Some((len, mode))) => UringOp::Fallocate { offset, len, mode },
+            (RequestKind::Discard { num_sectors, .. }, None) => UringOp::BlockDiscard {
+                offset,
+                len: Request::sector_to_offset(u64::from(*num_sectors)),
+            },
+            (RequestKind::WriteZeroes { .. }, None) => UringOp::Writev {
+                iov: &iov,
+                offset,
+                dsync,
+            },
             _ => UringOp::Fdatasync,
         };
         let Some(engine) = self.engine.as_mut() else {
@@ -573,7 +596,12 @@ impl QueueWorker {
             self.finish(vring, mem, req.head, req.status_addr, BlockStatus::Ok, 0);
             return Ok(());
         }
-        if let Some(result) = engine.try_inline(&op, expected) {
+        let inline = if matches!(class, Class::Read | Class::Write) {
+            engine.try_inline(&op, expected)
+        } else {
+            None
+        };
+        if let Some(result) = inline {
             let status = result_status(class, expected, result);
             self.account(&req.kind, status);
             let used = if class == Class::Read && status == BlockStatus::Ok {
@@ -606,6 +634,7 @@ impl QueueWorker {
             expected,
             _mem: Arc::clone(mem),
             _iov: iov,
+            zero_fill,
         });
         self.inflight += 1;
         self.counters().note_inflight(self.inflight);
@@ -622,6 +651,7 @@ impl QueueWorker {
         }
         let mut done = std::mem::take(&mut self.completions);
         engine.reap(&mut done);
+        let mut resubmitted = false;
         for (user_data, result) in done.drain(..) {
             let Some(entry) = usize::try_from(user_data)
                 .ok()
@@ -629,6 +659,13 @@ impl QueueWorker {
                 .and_then(Option::take)
             else {
                 continue;
+            };
+            let (entry, result) = match self.continue_zeroes(user_data as usize, entry, result) {
+                Ok(()) => {
+                    resubmitted = true;
+                    continue;
+                }
+                Err(done) => done,
             };
             self.free.push(user_data as usize);
             self.inflight -= 1;
@@ -659,6 +696,68 @@ impl QueueWorker {
             self.finish(vring, &mem, entry.head, entry.status_addr, status, used);
         }
         self.completions = done;
+        if resubmitted {
+            if let Some(Err(e)) = self.engine.as_mut().map(UringEngine::submit) {
+                log::error!("zeroes_submit_failed queue={} error=\"{e}\"", self.index);
+            }
+        }
+    }
+
+    /// A WRITE_ZEROES step completed in `slot`. If the fallocate was
+    /// refused (EOPNOTSUPP) or a chunk of zeroes was written and more
+    /// remain, the next chunk of zeroes goes to the ring in the same slot
+    /// (`Ok`); otherwise the request is done with the result given back.
+    fn continue_zeroes(
+        &mut self,
+        slot: usize,
+        mut entry: InFlight,
+        result: i32,
+    ) -> Result<(), (InFlight, i32)> {
+        let Some(fill) = entry.zero_fill.as_mut() else {
+            return Err((entry, result));
+        };
+        if !fill.writing {
+            if result != -libc::EOPNOTSUPP {
+                return Err((entry, result));
+            }
+            if !self.zero_modes_refused.contains(&fill.mode) {
+                log::info!(
+                    "event=write_zeroes_fallback queue={} mode={:#x} action=write_zeroes",
+                    self.index,
+                    fill.mode
+                );
+                self.zero_modes_refused.push(fill.mode);
+            }
+            fill.writing = true;
+        } else {
+            let wanted = fill.chunk().map_or(0, |(_, n)| n);
+            if result < 0 || result as u64 != wanted {
+                return Err((entry, result.min(-libc::EIO)));
+            }
+            fill.advance(wanted);
+        }
+        let Some((offset, len)) = fill.chunk() else {
+            return Err((entry, 0));
+        };
+        let dsync = fill.dsync;
+        let (Ok(iov), Some(engine)) = (zeroes::iovec(len), self.engine.as_mut()) else {
+            return Err((entry, -libc::EIO));
+        };
+        let iov = vec![iov];
+        let op = UringOp::Writev {
+            iov: &iov,
+            offset,
+            dsync,
+        };
+        // SAFETY: the iovec array moves into this slot's entry right below
+        // (its heap buffer does not move) and points at the process-wide
+        // zero buffer, which is never unmapped.
+        if unsafe { engine.push(&op, slot as u64) }.is_err() {
+            return Err((entry, -libc::EIO));
+        }
+        entry._iov = iov;
+        self.slots[slot] = Some(entry);
+        Ok(())
     }
 
     fn account(&self, kind: &RequestKind, status: BlockStatus) {

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::slow_disk::SlowDisk;
 use common::*;
+use vhost::VhostBackend;
+use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vm_memory::{Bytes, GuestAddress};
 
 /// 32 KiB/s: 32 reads of 4 KiB take 4 s.
@@ -144,6 +146,101 @@ fn a_departed_frontends_requests_end_before_the_next_frontend_is_served() {
         !text.contains("worker_dropped_with_inflight"),
         "daemon log:\n{text}"
     );
+    drop(daemon);
+    drop(slow);
+}
+
+/// Completions after a memory-table change (issue 13): 32 reads are in
+/// flight when the frontend sends SET_MEM_TABLE mapping the same guest
+/// addresses to other memory (another part of the same memfd), and, once
+/// the daemon has answered, copies the old memory over. Every completion
+/// must be visible in the new memory: the daemon finishes what it started
+/// under the old table before it answers.
+#[test]
+fn requests_in_flight_across_a_memory_table_change_all_complete() {
+    let dir = TempDir::new("slow-mem");
+    let slow = SlowDisk::new(&dir.path("backing.img"), IMG, BPS);
+    let sock = dir.path("sock");
+    let mut daemon = Daemon::start(
+        &sock,
+        &slow.device,
+        &["--cache", "none", "--poll-us", "0", "--queue-size", "128"],
+    );
+    slow.throttle(daemon.child.id());
+
+    // One memfd, twice the guest's size: the old table maps its first
+    // half, the new one its second half, at the same guest addresses.
+    // SAFETY: memfd_create with a literal name; the fd is checked below.
+    let fd = unsafe { libc::memfd_create(c"vub-move".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: we just created this fd and hand its ownership to File.
+    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    file.set_len(2 * GUEST_MEM_SIZE as u64).unwrap();
+    let view = |offset: u64| {
+        vm_memory::GuestMemoryMmap::from_ranges_with_files(&[(
+            GuestAddress(0),
+            GUEST_MEM_SIZE,
+            Some(vm_memory::FileOffset::new(
+                file.try_clone().unwrap(),
+                offset,
+            )),
+        )])
+        .unwrap()
+    };
+    let old = view(0);
+    let new = view(GUEST_MEM_SIZE as u64);
+    let s = connect_mem(&sock, old.clone(), 1, QS, F_VERSION_1, false);
+    let Session { fe, queues, .. } = s;
+    let mut q = queues.into_iter().next().unwrap();
+    for i in 0..BATCH {
+        q.queue_request(i, VIRTIO_BLK_T_IN, 8 * i, &[(i, 4096)]);
+    }
+    q.kick();
+    std::thread::sleep(Duration::from_millis(300));
+    let done_before = q.used_idx();
+    assert!(
+        u64::from(done_before) < BATCH / 2,
+        "the backing is not slow: {done_before} of {BATCH} reads done in 300 ms"
+    );
+
+    let regions: Vec<_> = vm_memory::GuestMemoryBackend::iter(&new)
+        .map(|r| vhost::VhostUserMemoryRegionInfo::from_guest_region(r).unwrap())
+        .collect();
+    // Wait for the daemon's answer (REPLY_ACK) before touching the old
+    // memory, as a frontend must.
+    fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    let asked = Instant::now();
+    fe.set_mem_table(&regions).unwrap();
+    let answered_after = asked.elapsed();
+    let mut bytes = vec![0u8; GUEST_MEM_SIZE];
+    old.read_slice(&mut bytes, GuestAddress(0)).unwrap();
+    new.write_slice(&bytes, GuestAddress(0)).unwrap();
+    q.mem = new.clone();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while u64::from(q.used_idx()) < BATCH && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = q.used_idx();
+    eprintln!(
+        "SET_MEM_TABLE answered after {answered_after:?}; {seen} of {BATCH} completions visible in the new memory"
+    );
+    assert_eq!(
+        u64::from(seen),
+        BATCH,
+        "completions lost with the old table"
+    );
+    for i in 0..BATCH {
+        assert_eq!(q.status(i), S_OK, "request {i}");
+        let want: Vec<u8> = (0..4096u64).map(|b| pattern(8 * i + b / 512)).collect();
+        assert!(q.read_buf(i, 4096) == want, "request {i}'s data");
+    }
+    // The daemon goes on serving under the new table.
+    q.wait_used(BATCH as usize, Duration::from_secs(1));
+    let (status, _) = q.request(VIRTIO_BLK_T_GET_ID, 0, &[(BUF2, 20)]);
+    assert_eq!(status, S_OK);
+    assert!(daemon.alive());
+    drop(fe);
     drop(daemon);
     drop(slow);
 }

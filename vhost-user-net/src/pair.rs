@@ -131,7 +131,7 @@ impl QueuePair {
             return;
         };
         let st = &mut *st;
-        let (rx_on, tx_on) = (ring_active(rxv), ring_active(txv));
+        let (mut rx_on, mut tx_on) = (ring_active(rxv), ring_active(txv));
         if !rx_on && !tx_on {
             self.set_interest(st, ctx, EventSet::empty());
             if ctx.multiqueue && !st.detached {
@@ -161,6 +161,11 @@ impl QueuePair {
             if wake.tx && tx_on {
                 let before = self.counters.tx.packets();
                 match tx::process(txv, &mem, &self.tap, ctx.neg, &self.counters.tx, &mut st.tx) {
+                    Ok(TxOutcome::Disabled) => {
+                        // Disabled since this wake-up began: stop polling it.
+                        tx_on = false;
+                        st.tx_blocked = false;
+                    }
                     Ok(o) => st.tx_blocked = o == TxOutcome::Blocked,
                     Err(e) => self.ring_error(st, "tx", &e),
                 }
@@ -178,6 +183,7 @@ impl QueuePair {
                     ctx.budget,
                 ) {
                     Ok(RxOutcome::NoBuffers) => st.rx_starved = true,
+                    Ok(RxOutcome::Disabled) => rx_on = false,
                     Ok(_) => {}
                     Err(e) => {
                         st.rx_starved = true;
@@ -186,7 +192,10 @@ impl QueuePair {
                 }
                 progressed |= self.counters.rx.packets() != before;
             }
-            if ctx.poll.is_zero() || (!progressed && Instant::now() >= deadline) {
+            if ctx.poll.is_zero()
+                || (!rx_on && !tx_on)
+                || (!progressed && Instant::now() >= deadline)
+            {
                 break;
             }
             // Busy-poll both directions until the window passes idle.

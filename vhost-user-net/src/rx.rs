@@ -40,6 +40,8 @@ pub enum RxOutcome {
     NoBuffers,
     /// The per-wake-up budget is used up; the TAP may hold more.
     Budget,
+    /// The ring is disabled (SET_VRING_ENABLE 0) or stopped: not touched.
+    Disabled,
 }
 
 /// RX state of one queue pair, kept across wake-ups.
@@ -98,6 +100,8 @@ enum Placed {
 }
 
 /// Moves frames from the TAP into the RX ring, at most `budget` of them.
+/// A disabled or stopped ring is left alone (checked under the ring's lock,
+/// as in [`crate::tx::process`]).
 pub fn process(
     vring: &crate::pair::NetVring,
     mem: &GuestMemoryMmap,
@@ -108,6 +112,9 @@ pub fn process(
     budget: usize,
 ) -> Result<RxOutcome, virtio_queue::Error> {
     let mut guard = vring.get_mut();
+    if !guard.is_enabled() || !guard.get_queue().ready() {
+        return Ok(RxOutcome::Disabled);
+    }
     let q = guard.get_queue_mut();
     let mut used = false;
     let mut frames = 0usize;

@@ -29,6 +29,8 @@ pub enum TxOutcome {
     Drained,
     /// The TAP answered EAGAIN; the chain stays in the ring (back-pressure).
     Blocked,
+    /// The ring is disabled (SET_VRING_ENABLE 0) or stopped: not touched.
+    Disabled,
 }
 
 enum Sent {
@@ -50,6 +52,9 @@ unsafe impl Send for TxScratch {}
 
 /// Transmits every frame the guest queued, until the ring is empty or the
 /// TAP pushes back. Ring errors (corrupt used/avail ring) are returned.
+/// A disabled or stopped ring is left alone: checked under the ring's lock,
+/// which SET_VRING_ENABLE and GET_VRING_BASE take too, so nothing is done
+/// on it once the frontend has been answered.
 pub fn process(
     vring: &crate::pair::NetVring,
     mem: &GuestMemoryMmap,
@@ -59,6 +64,9 @@ pub fn process(
     scratch: &mut TxScratch,
 ) -> Result<TxOutcome, virtio_queue::Error> {
     let mut guard = vring.get_mut();
+    if !guard.is_enabled() || !guard.get_queue().ready() {
+        return Ok(TxOutcome::Disabled);
+    }
     let q = guard.get_queue_mut();
     let mut used = false;
     let mut outcome = TxOutcome::Drained;

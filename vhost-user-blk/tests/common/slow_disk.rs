@@ -26,6 +26,12 @@ impl SlowDisk {
     /// cgroup run at `bps` bytes per second.
     pub fn new(backing: &Path, size: usize, bps: u64) -> SlowDisk {
         super::raw_image(backing, size);
+        Self::over(backing, bps)
+    }
+
+    /// Like [`SlowDisk::new`], over the existing file `backing` (removed
+    /// on drop).
+    pub fn over(backing: &Path, bps: u64) -> SlowDisk {
         let out = Command::new("losetup")
             .args(["--find", "--show"])
             .arg(backing)

@@ -61,6 +61,11 @@ impl Daemon {
     /// Opens `tap_name` (private netns expected), brings it up without IPv6
     /// chatter, and serves on a fresh socket.
     pub fn start(tap_name: &str, pairs: u16) -> Daemon {
+        Self::start_polling(tap_name, pairs, 0)
+    }
+
+    /// As [`Daemon::start`], busy-polling `poll_us` after the last work.
+    pub fn start_polling(tap_name: &str, pairs: u16, poll_us: u64) -> Daemon {
         let sock =
             std::env::temp_dir().join(format!("vun-test-{}-{tap_name}.sock", std::process::id()));
         let cfg = Config {
@@ -71,7 +76,7 @@ impl Daemon {
             mtu: 1500,
             num_queue_pairs: pairs,
             queue_size: QSIZE,
-            poll_us: 0,
+            poll_us,
         };
         let _ = env_logger::builder().is_test(true).try_init();
         let device = Device::open(&cfg).expect("open tap");
