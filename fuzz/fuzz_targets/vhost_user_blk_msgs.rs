@@ -17,7 +17,9 @@ use vhost_user_blk::counters::QueueCounters;
 use vhost_user_blk::disk::Disk;
 use vhost_user_blk::memguard;
 use vhost_user_blk::private_socket::PrivateSocket;
-use vhost_user_blk::serve::{self, Server, Shutdown};
+use vhost_user_blk::serve::Server;
+use vhost_user_daemon::listen;
+use vhost_user_daemon::shutdown::Shutdown;
 use viaduct_fuzz::{Session, ignore_sigpipe, play};
 
 fn daemon() -> &'static PathBuf {
@@ -43,7 +45,7 @@ fn daemon() -> &'static PathBuf {
         ]);
         let config = Config::try_from(args).expect("config");
         let disk = Disk::open(&config).expect("disk");
-        let listener = serve::bind(&config.listen).expect("bind");
+        let listener = listen::bind(&config.listen).expect("bind");
         let counters = Arc::new((0..2).map(|_| QueueCounters::default()).collect());
         let shutdown = Arc::new(Shutdown::new().expect("shutdown"));
         let private = PrivateSocket::new().expect("relay socket");

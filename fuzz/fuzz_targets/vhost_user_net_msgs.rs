@@ -7,12 +7,14 @@
 #![no_main]
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use vhost_user_net::config::{Config, SocketSpec, TapSpec};
+use vhost_user_daemon::listen::{self, Listen};
+use vhost_user_daemon::shutdown::Shutdown;
+use vhost_user_net::config::{Config, TapSpec};
 use vhost_user_net::memguard;
-use vhost_user_net::serve::{self, Device, Stopper};
+use vhost_user_net::serve::{self, Device};
 use vhost_user_net::tap;
 use viaduct_fuzz::{Session, ignore_sigpipe, play};
 
@@ -27,7 +29,7 @@ fn daemon() -> &'static PathBuf {
         let sock =
             std::env::temp_dir().join(format!("viaduct-fuzz-net-{}.sock", std::process::id()));
         let cfg = Config {
-            socket: SocketSpec::Path(sock.clone()),
+            socket: Listen::Path(sock.clone()),
             tap: TapSpec::Name("vfz0".into()),
             host_ip: None,
             mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
@@ -35,13 +37,12 @@ fn daemon() -> &'static PathBuf {
             num_queue_pairs: 2,
             queue_size: 16,
             poll_us: 0,
-            log_level: log::LevelFilter::Off,
         };
         let device = Device::open(&cfg).expect("tap");
         tap::set_up("vfz0").expect("link up");
-        let listener = serve::bind(&cfg.socket).expect("bind");
-        let stop = Stopper::new().expect("stopper");
-        std::thread::spawn(move || serve::run(&device, listener, &stop).expect("serve loop"));
+        let listener = listen::bind(&cfg.socket).expect("bind");
+        let stop = Arc::new(Shutdown::new().expect("shutdown eventfd"));
+        std::thread::spawn(move || serve::run(&device, &listener, &stop).expect("serve loop"));
         sock
     })
 }

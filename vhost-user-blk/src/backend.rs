@@ -21,8 +21,8 @@ use vmm_sys_util::event::{
 
 use crate::counters::QueueCounters;
 use crate::disk::Disk;
-use crate::exit_fds::LeakedExitFds;
 use crate::worker::{AtomicMem, QueueWorker, Vring, WorkerError, WorkerSettings};
+use vhost_user_daemon::exit_fds::LeakedExitFds;
 
 /// Backend construction failed.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +98,7 @@ impl VhostUserBlkBackend {
     }
 
     /// Close the exit-event fds vhost-user-backend leaks (see
-    /// [`crate::exit_fds`]); call with the backend exclusively owned.
+    /// [`vhost_user_daemon::exit_fds`]); call with the backend exclusively owned.
     pub fn close_leaked_exit_fds(&mut self) {
         self.exit_fds.close_all();
     }

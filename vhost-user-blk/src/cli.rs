@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use crate::sandbox::SandboxMode;
 use clap::{Parser, ValueEnum};
+use vhost_user_daemon::cli::CommonArgs;
 
 const AFTER_HELP: &str = "\
 Example: serve disk.img to QEMU
@@ -63,15 +63,8 @@ pub enum CacheArg {
 #[derive(Debug, Parser)]
 #[command(name = "vhost-user-blk", version, after_help = AFTER_HELP)]
 pub struct Args {
-    /// Listen on this unix socket path (must not be in use).
-    #[arg(long, value_name = "PATH")]
-    pub socket_path: Option<PathBuf>,
-    /// Use this already-listening unix socket file descriptor instead.
-    #[arg(long, value_name = "N")]
-    pub fd: Option<i32>,
-    /// Print the capabilities JSON of the vhost-user spec and exit.
-    #[arg(long)]
-    pub print_capabilities: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// Disk image: a regular file or a block device.
     #[arg(long, value_name = "PATH")]
     pub blk_file: Option<PathBuf>,
@@ -121,18 +114,6 @@ pub struct Args {
     /// vhost-user and ring overhead alone. Written data is NOT stored.
     #[arg(long)]
     pub null_io: bool,
-    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides).
-    #[arg(long, default_value = "info", value_name = "LEVEL")]
-    pub log_level: log::LevelFilter,
-    /// After start-up, confine the daemon: seccomp allowlist on every
-    /// thread and Landlock (no filesystem access). `log` only reports
-    /// off-list syscalls to the kernel log.
-    #[arg(long, value_enum, default_value_t = SandboxMode::On)]
-    pub sandbox: SandboxMode,
-    /// After start-up (and before the sandbox), drop root and run as this
-    /// user (its uid and primary gid, no supplementary groups).
-    #[arg(long, value_name = "USER")]
-    pub user: Option<String>,
 }
 
 /// The capabilities JSON printed by `--print-capabilities`.

@@ -1,13 +1,14 @@
 //! Validated daemon configuration: every option is checked here, once,
 //! before anything is opened or started.
 
-use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use virtio_devices::block::ID_BYTES;
 
 use crate::cli::{Args, CacheArg, FormatArg};
+use vhost_user_daemon::cli::CliError;
+pub use vhost_user_daemon::listen::Listen;
 
 /// Most queues: one bit each in vhost-user-backend's `queues_per_thread` masks.
 pub const MAX_QUEUES: u32 = 64;
@@ -19,12 +20,9 @@ pub const MAX_POLL_US: u64 = 1_000_000;
 /// Invalid command line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    /// Neither or both of --socket-path and --fd.
-    #[error("exactly one of --socket-path and --fd is required")]
-    ListenChoice,
-    /// --fd negative.
-    #[error("--fd {0} is not a valid file descriptor")]
-    BadFd(i32),
+    /// --socket-path/--fd.
+    #[error(transparent)]
+    Listen(#[from] CliError),
     /// --blk-file missing.
     #[error("--blk-file is required")]
     MissingBlkFile,
@@ -46,15 +44,6 @@ pub enum ConfigError {
     /// --backing-dir, --backing or --data-file without --format qcow2.
     #[error("--backing-dir, --backing and --data-file need --format qcow2")]
     ChainNeedsQcow2,
-}
-
-/// Where the vhost-user socket comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Listen {
-    /// Bind and listen on this path.
-    Path(PathBuf),
-    /// An already-listening socket handed over by the caller.
-    Fd(RawFd),
 }
 
 /// Image format selection.
@@ -156,12 +145,7 @@ impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
     fn try_from(args: Args) -> Result<Self, ConfigError> {
-        let listen = match (args.socket_path, args.fd) {
-            (Some(path), None) => Listen::Path(path),
-            (None, Some(fd)) if fd >= 0 => Listen::Fd(fd),
-            (None, Some(fd)) => return Err(ConfigError::BadFd(fd)),
-            _ => return Err(ConfigError::ListenChoice),
-        };
+        let listen = args.common.listen()?;
         let blk_file = args.blk_file.ok_or(ConfigError::MissingBlkFile)?;
         if !(1..=MAX_QUEUES).contains(&args.num_queues) {
             return Err(ConfigError::NumQueues(args.num_queues));
@@ -266,12 +250,15 @@ mod tests {
             v.extend_from_slice(more);
             parse(&v)
         };
-        assert_eq!(with(&[]), Err(ConfigError::ListenChoice));
+        assert_eq!(with(&[]), Err(ConfigError::Listen(CliError::ListenChoice)));
         assert_eq!(
             with(&["--socket-path", "/s", "--fd", "3"]),
-            Err(ConfigError::ListenChoice)
+            Err(ConfigError::Listen(CliError::ListenChoice))
         );
-        assert_eq!(with(&["--fd=-1"]), Err(ConfigError::BadFd(-1)));
+        assert_eq!(
+            with(&["--fd=-1"]),
+            Err(ConfigError::Listen(CliError::BadFd(-1)))
+        );
         assert_eq!(
             parse(&["--socket-path", "/s"]),
             Err(ConfigError::MissingBlkFile)

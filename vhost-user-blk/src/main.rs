@@ -3,7 +3,6 @@
 //! error (bad option, unusable image, socket in use), all before serving.
 
 use std::os::fd::AsFd;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -11,27 +10,24 @@ use anyhow::Context;
 use clap::Parser;
 use landlock::AccessFs;
 use vhost_user_blk::cli::{Args, CAPABILITIES_JSON};
-use vhost_user_blk::config::{Config, Listen};
-use vhost_user_blk::counters::QueueCounters;
+use vhost_user_blk::config::Config;
+use vhost_user_blk::counters::{self, QueueCounters};
 use vhost_user_blk::disk::Disk;
 use vhost_user_blk::memguard;
 use vhost_user_blk::private_socket::PrivateSocket;
 use vhost_user_blk::privileges;
 use vhost_user_blk::sandbox;
-use vhost_user_blk::serve::{self, Server, Shutdown};
-use vhost_user_blk::signals;
+use vhost_user_blk::serve::Server;
+use vhost_user_daemon::shutdown::Shutdown;
+use vhost_user_daemon::{listen, logging, signals};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.print_capabilities {
+    if args.common.print_capabilities {
         println!("{CAPABILITIES_JSON}");
         return ExitCode::SUCCESS;
     }
-    env_logger::Builder::new()
-        .filter_level(args.log_level)
-        .parse_default_env()
-        .format_timestamp_micros()
-        .init();
+    logging::init(args.common.log_level);
     let mut server = match setup(args) {
         Ok(server) => server,
         Err(e) => {
@@ -52,36 +48,29 @@ fn main() -> ExitCode {
 fn setup(args: Args) -> anyhow::Result<Server> {
     signals::block().context("signals")?;
     memguard::install_sigbus_handler().context("signals")?;
-    let sandbox_mode = args.sandbox;
-    let user = args.user.clone();
+    let sandbox_mode = args.common.sandbox;
+    let user = args.common.user.clone();
     let config = Config::try_from(args)?;
     // The sandbox's rules are known (the policy is in `config`): only now
     // is anything the image names opened.
     let mut disk = Disk::open(&config)?;
-    let listener = serve::bind(&config.listen)?;
+    let listener = listen::bind(&config.listen)?;
     let private = PrivateSocket::new().context("creating the relay socket")?;
     let counters: Arc<Vec<QueueCounters>> = Arc::new(
         (0..config.num_queues)
             .map(|_| QueueCounters::default())
             .collect(),
     );
-    let shutdown = Arc::new(Shutdown::new()?);
+    let shutdown = Arc::new(Shutdown::new().context("shutdown eventfd")?);
     // Everything is open and bound: confine the process before any other
     // thread exists, so Landlock (per thread at creation) covers them all.
-    let socket_dir = match &config.listen {
-        Listen::Path(p) => p.parent().map(|d| d.to_path_buf()),
-        Listen::Fd(_) => None,
-    };
+    let socket_dir = config.listen.socket_dir();
     let private_dir = private.path().parent().unwrap_or(private.path());
     let tmp = std::env::temp_dir();
     let mut exceptions: Vec<_> = socket_dir
         .iter()
         .map(|d| sandbox::FsException {
-            path: if d.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                d
-            },
+            path: d,
             access: AccessFs::RemoveFile.into(),
         })
         .collect();
@@ -121,7 +110,8 @@ fn setup(args: Args) -> anyhow::Result<Server> {
     sandbox::enter(sandbox_mode, &exceptions, &files).context("sandbox")?;
     drop(files);
     drop(chain);
-    signals::spawn(Arc::clone(&shutdown), Arc::clone(&counters))?;
+    let report = Arc::clone(&counters);
+    signals::spawn(Arc::clone(&shutdown), move || counters::log_all(&report))?;
     Ok(Server::new(
         config, disk, listener, private, counters, shutdown,
     ))

@@ -22,10 +22,10 @@ use vmm_sys_util::event::{
 };
 
 use crate::counters::PairCounters;
-use crate::exit_fds::LeakedExitFds;
 use crate::pair::{EpollRefs, NetVring, PairCtx, PairEpoll, QueuePair, Wake};
 use crate::tap::{TapError, TapQueue};
 use crate::tx::Negotiated;
+use vhost_user_daemon::exit_fds::LeakedExitFds;
 
 /// Device parameters fixed at start-up.
 #[derive(Clone, Debug)]
@@ -68,7 +68,7 @@ pub struct NetBackend {
 
 impl NetBackend {
     /// Close the exit-event fds vhost-user-backend leaks (see
-    /// [`crate::exit_fds`]); call with the backend exclusively owned.
+    /// [`vhost_user_daemon::exit_fds`]); call with the backend exclusively owned.
     pub fn close_leaked_exit_fds(&mut self) {
         self.exit_fds.close_all();
     }

@@ -1,11 +1,8 @@
 //! Command-line arguments, as typed by the operator; [`crate::config`]
 //! turns them into a validated configuration.
 
-use std::path::PathBuf;
-
 use clap::Parser;
-
-use crate::sandbox::SandboxMode;
+use vhost_user_daemon::cli::CommonArgs;
 
 const EXAMPLE: &str = "\
 Example (QEMU as the frontend, 2 queue pairs):
@@ -21,15 +18,8 @@ Example (QEMU as the frontend, 2 queue pairs):
 #[derive(Debug, Parser)]
 #[command(name = "vhost-user-net", version, after_help = EXAMPLE)]
 pub struct Args {
-    /// Listen for the vhost-user frontend on this unix socket path.
-    #[arg(long, value_name = "PATH")]
-    pub socket_path: Option<PathBuf>,
-    /// Use this already-listening unix socket file descriptor.
-    #[arg(long, value_name = "N")]
-    pub fd: Option<i32>,
-    /// Print the backend capabilities as JSON and exit.
-    #[arg(long)]
-    pub print_capabilities: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// Attach to the TAP of this name, or create it (multi_queue when more
     /// than one queue pair).
     #[arg(long, value_name = "NAME")]
@@ -57,16 +47,4 @@ pub struct Args {
     /// before sleeping (0 = never poll).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub poll_us: u64,
-    /// Log level: error, warn, info, debug, trace.
-    #[arg(long, default_value = "info")]
-    pub log_level: String,
-    /// After start-up, confine the daemon: seccomp allowlist on every
-    /// thread and Landlock (no filesystem access). `log` only reports
-    /// off-list syscalls to the kernel log.
-    #[arg(long, value_enum, default_value_t = SandboxMode::On)]
-    pub sandbox: SandboxMode,
-    /// After start-up (and before the sandbox), drop root and run as this
-    /// user (its uid and primary gid, no supplementary groups).
-    #[arg(long, value_name = "USER")]
-    pub user: Option<String>,
 }

@@ -5,11 +5,12 @@ use std::fs::File;
 use std::io::Read;
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
-use std::path::PathBuf;
 
 use thiserror::Error;
 
 use crate::cli::Args;
+use vhost_user_daemon::cli::CliError;
+pub use vhost_user_daemon::listen::Listen;
 
 /// Largest number of queue pairs: two vrings each, and the worker mask of
 /// vhost-user-backend is a u64.
@@ -20,8 +21,8 @@ pub const MAX_QUEUE_SIZE: u32 = 32768;
 /// An operator error in the arguments.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("give exactly one of --socket-path or --fd")]
-    Socket,
+    #[error(transparent)]
+    Socket(#[from] CliError),
     #[error("give exactly one of --tap or --tap-fd")]
     Tap,
     #[error("--tap-fd has {given} fds but --num-queue-pairs is {pairs}")]
@@ -40,19 +41,10 @@ pub enum ConfigError {
     Mac(String),
     #[error("invalid --host-ip {0:?} (want a.b.c.d/prefix)")]
     HostIp(String),
-    #[error("invalid --log-level {0:?}")]
-    LogLevel(String),
     #[error("--poll-us {0} is above 1000000")]
     PollUs(u64),
     #[error("cannot read random bytes for a mac")]
     Random(#[source] std::io::Error),
-}
-
-/// Where the frontend connects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SocketSpec {
-    Path(PathBuf),
-    Fd(RawFd),
 }
 
 /// Which TAP queues the daemon uses.
@@ -65,7 +57,7 @@ pub enum TapSpec {
 /// A validated daemon configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    pub socket: SocketSpec,
+    pub socket: Listen,
     pub tap: TapSpec,
     pub host_ip: Option<(Ipv4Addr, u8)>,
     pub mac: [u8; 6],
@@ -73,7 +65,6 @@ pub struct Config {
     pub num_queue_pairs: u16,
     pub queue_size: u16,
     pub poll_us: u64,
-    pub log_level: log::LevelFilter,
 }
 
 /// Parses `xx:xx:xx:xx:xx:xx`; refuses multicast (and broadcast) addresses.
@@ -130,12 +121,7 @@ impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
     fn try_from(a: Args) -> Result<Self, ConfigError> {
-        let socket = match (a.socket_path, a.fd) {
-            (Some(p), None) => SocketSpec::Path(p),
-            (None, Some(fd)) if fd >= 0 => SocketSpec::Fd(fd),
-            (None, Some(fd)) => return Err(ConfigError::Fd(fd)),
-            _ => return Err(ConfigError::Socket),
-        };
+        let socket = a.common.listen()?;
         if !(1..=MAX_QUEUE_PAIRS).contains(&a.num_queue_pairs) {
             return Err(ConfigError::QueuePairs(a.num_queue_pairs));
         }
@@ -179,10 +165,6 @@ impl TryFrom<Args> for Config {
         if a.poll_us > 1_000_000 {
             return Err(ConfigError::PollUs(a.poll_us));
         }
-        let log_level = a
-            .log_level
-            .parse()
-            .map_err(|_| ConfigError::LogLevel(a.log_level.clone()))?;
         Ok(Config {
             socket,
             tap,
@@ -193,7 +175,6 @@ impl TryFrom<Args> for Config {
             num_queue_pairs: a.num_queue_pairs as u16,
             queue_size,
             poll_us: a.poll_us,
-            log_level,
         })
     }
 }
@@ -213,7 +194,7 @@ mod tests {
     #[test]
     fn minimal_and_defaults() {
         let c = cfg(&["--socket-path", "/tmp/s", "--tap", "t0"]).unwrap();
-        assert_eq!(c.socket, SocketSpec::Path("/tmp/s".into()));
+        assert_eq!(c.socket, Listen::Path("/tmp/s".into()));
         assert_eq!(c.tap, TapSpec::Name("t0".into()));
         assert_eq!((c.mtu, c.num_queue_pairs, c.queue_size), (1500, 1, 256));
         assert_eq!(c.mac[0] & 0x03, 0x02, "random mac is local unicast");
@@ -221,10 +202,13 @@ mod tests {
 
     #[test]
     fn socket_and_tap_are_exclusive() {
-        assert!(matches!(cfg(&["--tap", "t0"]), Err(ConfigError::Socket)));
+        assert!(matches!(
+            cfg(&["--tap", "t0"]),
+            Err(ConfigError::Socket(CliError::ListenChoice))
+        ));
         assert!(matches!(
             cfg(&["--socket-path", "/s", "--fd", "3", "--tap", "t0"]),
-            Err(ConfigError::Socket)
+            Err(ConfigError::Socket(CliError::ListenChoice))
         ));
         assert!(matches!(cfg(&["--fd", "3"]), Err(ConfigError::Tap)));
         assert!(matches!(
@@ -243,7 +227,7 @@ mod tests {
         ));
         assert!(matches!(
             cfg(&["--fd=-1", "--tap-fd", "4"]),
-            Err(ConfigError::Fd(-1))
+            Err(ConfigError::Socket(CliError::BadFd(-1)))
         ));
     }
 
@@ -277,10 +261,17 @@ mod tests {
             with(&["--num-queue-pairs", "17"]),
             Err(ConfigError::QueuePairs(17))
         ));
-        assert!(matches!(
-            with(&["--log-level", "loud"]),
-            Err(ConfigError::LogLevel(_))
-        ));
+        // A log level is parsed by clap: a usage error, exit code 2.
+        let loud = [
+            "vhost-user-net",
+            "--socket-path",
+            "/s",
+            "--tap",
+            "t0",
+            "--log-level",
+            "loud",
+        ];
+        assert!(Args::try_parse_from(loud).is_err());
     }
 
     #[test]

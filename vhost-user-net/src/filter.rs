@@ -41,7 +41,7 @@ const PROTOCOL_F_NET_MTU: u64 = 1 << 4;
 const MIN_MTU: u64 = 68;
 
 /// The net daemon's message policy (see the module docs).
-struct NetFilter {
+pub struct NetFilter {
     tap_mtu: u16,
     /// The device's vring count: early enables are kept for these only.
     num_queues: u32,
@@ -144,23 +144,28 @@ impl Filter for NetFilter {
 /// until either side closes; then shuts both down. `tap_mtu` is the largest
 /// MTU a frontend may set with `VHOST_USER_NET_SET_MTU`; `num_queues` the
 /// device's vring count.
-pub fn spawn_relay(
-    front: UnixStream,
-    back: UnixStream,
-    tap_mtu: u16,
-    num_queues: u32,
-) -> io::Result<Vec<JoinHandle<()>>> {
-    relay::spawn_relay(
-        front,
-        back,
+impl NetFilter {
+    /// A filter for a device of `num_queues` rings whose TAP carries
+    /// `tap_mtu`.
+    pub fn new(tap_mtu: u16, num_queues: u32) -> Self {
         NetFilter {
             tap_mtu,
             num_queues,
             features_set: false,
             mtu_negotiated: false,
             early_enables: BTreeMap::new(),
-        },
-    )
+        }
+    }
+}
+
+/// Starts a relay between `front` and `back` with a [`NetFilter`].
+pub fn spawn_relay(
+    front: UnixStream,
+    back: UnixStream,
+    tap_mtu: u16,
+    num_queues: u32,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    relay::spawn_relay(front, back, NetFilter::new(tap_mtu, num_queues))
 }
 
 #[cfg(test)]

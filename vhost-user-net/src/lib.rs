@@ -12,7 +12,6 @@
 //!   vhost-user-backend framework; [`private_socket`]: its private,
 //!   peer-checked socket to the backend.
 //! * [`checked_vring`]: refuses SET_VRING_NUM sizes that are not a power of two.
-//! * [`exit_fds`]: closes the exit eventfds vhost-user-backend 0.24 leaks.
 //! * [`memguard`]: refuse short memory files, survive truncated ones.
 //! * [`privileges`]: `--user`, dropping root after start-up.
 //! * [`sandbox`]: seccomp + Landlock after start-up.
@@ -21,7 +20,6 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod counters;
-pub mod exit_fds;
 pub mod filter;
 pub mod iov;
 pub mod pair;

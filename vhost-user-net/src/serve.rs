@@ -1,26 +1,23 @@
-//! Start-up and the serve loop: open the TAP queues and the listening socket
-//! once, then for every frontend connection build a fresh backend, daemon
-//! and worker threads; the TAP queues (and counters) survive reconnects.
+//! The net device on the daemon skeleton's serve loop
+//! ([`vhost_user_daemon::serve`]): the TAP queues are opened once and
+//! survive reconnects (so do the counters); every frontend connection gets a
+//! fresh backend, its pair workers, and the relay filter for early enables
+//! and NET_MTU ([`crate::filter`]).
 
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use log::{info, warn};
+use log::info;
 use thiserror::Error;
-use vhost::vhost_user::Error as VhostUserError;
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VringEpollHandler;
+use vhost_user_daemon::serve::{self as skeleton, DeviceError, GuestMemoryShared};
+use vhost_user_daemon::shutdown::Shutdown;
+use virtio_devices::backend::private_socket::PrivateSocket;
 
 use crate::backend::{BackendError, DeviceParams, NetBackend};
-use crate::config::{Config, SocketSpec, TapSpec, format_mac};
+use crate::config::{Config, TapSpec, format_mac};
 use crate::counters::{self, PairCounters};
-use crate::filter;
-use crate::private_socket::{PrivateSocket, RelaySocketError};
+use crate::filter::NetFilter;
 use crate::tap::{self, TapError, TapQueue};
 
 /// A start-up or serve-loop failure.
@@ -28,26 +25,12 @@ use crate::tap::{self, TapError, TapQueue};
 pub enum ServeError {
     #[error(transparent)]
     Tap(#[from] TapError),
-    #[error("socket {0:?} is in use by a running process")]
-    SocketInUse(String),
-    #[error("cannot listen on {path:?}")]
-    Listen {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("fd {0} is not a listening unix socket")]
-    ListenFd(i32, #[source] io::Error),
     #[error(transparent)]
     Backend(#[from] BackendError),
-    #[error("vhost-user daemon: {0}")]
-    Daemon(String),
-    #[error("stop eventfd")]
-    Event(#[source] io::Error),
-    #[error("waiting for a connection")]
-    Poll(#[source] io::Error),
     #[error(transparent)]
-    RelaySocket(#[from] RelaySocketError),
+    Serve(#[from] skeleton::ServeError),
+    #[error("relay socket")]
+    RelaySocket(#[from] virtio_devices::backend::private_socket::RelaySocketError),
 }
 
 /// The long-lived part of the device: TAP queues and counters.
@@ -107,198 +90,54 @@ impl Device {
     }
 }
 
-/// Binds the frontend socket. A stale socket file is replaced; one with a
-/// live listener behind it is refused.
-pub fn bind(spec: &SocketSpec) -> Result<UnixListener, ServeError> {
-    match spec {
-        SocketSpec::Path(path) => {
-            let shown = path.display().to_string();
-            if Path::new(path).exists() && UnixStream::connect(path).is_ok() {
-                return Err(ServeError::SocketInUse(shown));
-            }
-            let _ = std::fs::remove_file(path);
-            let l = UnixListener::bind(path).map_err(|source| ServeError::Listen {
-                path: shown,
-                source,
-            })?;
-            Ok(l)
-        }
-        SocketSpec::Fd(fd) => {
-            let mut ty: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            // SAFETY: getsockopt writes one int into `ty`, `len` bytes long.
-            let r = unsafe {
-                libc::getsockopt(
-                    *fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_ACCEPTCONN,
-                    (&mut ty as *mut libc::c_int).cast(),
-                    &mut len,
-                )
-            };
-            if r < 0 {
-                return Err(ServeError::ListenFd(*fd, io::Error::last_os_error()));
-            }
-            if ty == 0 {
-                return Err(ServeError::ListenFd(
-                    *fd,
-                    io::ErrorKind::InvalidInput.into(),
-                ));
-            }
-            // SAFETY: the fd is an open, listening socket (checked above)
-            // handed to us by the operator; we own it from here on.
-            Ok(unsafe { UnixListener::from_raw_fd(*fd) })
-        }
+impl skeleton::Device for Device {
+    type Backend = NetBackend;
+    type Filter = NetFilter;
+    const NAME: &'static str = "vhost-user-net";
+
+    fn connect(&self, mem: GuestMemoryShared) -> Result<(Arc<NetBackend>, NetFilter), DeviceError> {
+        let backend = Arc::new(NetBackend::new(
+            &self.taps,
+            &self.counters,
+            self.params.clone(),
+            mem,
+        )?);
+        let num_queues = u32::try_from(2 * self.taps.len()).unwrap_or(u32::MAX);
+        Ok((backend, NetFilter::new(self.params.mtu, num_queues)))
+    }
+
+    fn attach(
+        &self,
+        backend: &Arc<NetBackend>,
+        handlers: &[Arc<VringEpollHandler<Arc<NetBackend>>>],
+    ) -> Result<(), DeviceError> {
+        backend.set_epoll_handlers(handlers);
+        Ok(())
+    }
+
+    fn close_leaked_exit_fds(backend: &mut NetBackend) {
+        backend.close_leaked_exit_fds();
+    }
+
+    fn report(&self) {
+        counters::log_all(&self.counters);
     }
 }
 
-/// Asks the serve loop to stop, from a signal thread or a test.
-pub struct Stopper {
-    requested: AtomicBool,
-    event: EventFd,
-    current: Mutex<Option<ShutdownHandle>>,
-}
-
-impl Stopper {
-    pub fn new() -> Result<Arc<Self>, ServeError> {
-        Ok(Arc::new(Self {
-            requested: AtomicBool::new(false),
-            event: EventFd::new(EFD_NONBLOCK).map_err(ServeError::Event)?,
-            current: Mutex::new(None),
-        }))
-    }
-
-    /// Ends the current connection (if any) and the serve loop.
-    pub fn stop(&self) {
-        self.requested.store(true, Ordering::SeqCst);
-        let _ = self.event.write(1);
-        if let Ok(cur) = self.current.lock() {
-            if let Some(h) = cur.as_ref() {
-                h.shutdown();
-            }
-        }
-    }
-
-    fn requested(&self) -> bool {
-        self.requested.load(Ordering::SeqCst)
-    }
-}
-
-/// Waits until the listener has a connection (true) or a stop was asked.
-fn wait_for_connection(listener: &UnixListener, stop: &Stopper) -> Result<bool, ServeError> {
-    let mut fds = [
-        libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop.event.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        if stop.requested() {
-            return Ok(false);
-        }
-        // SAFETY: poll reads/writes the two pollfds of our stack array.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(ServeError::Poll(e));
-        }
-        if fds[1].revents != 0 || stop.requested() {
-            return Ok(false);
-        }
-        if fds[0].revents != 0 {
-            return Ok(true);
-        }
-    }
-}
-
-/// Serves one frontend after another until [`Stopper::stop`].
-pub fn run(device: &Device, listener: UnixListener, stop: &Stopper) -> Result<(), ServeError> {
-    run_with(device, listener, &PrivateSocket::new()?, stop)
+/// Serves one frontend after another until `shutdown` is requested, with a
+/// relay socket made here (tests; the daemon makes it before the sandbox).
+pub fn run(device: &Device, listener: &Listener, shutdown: &Shutdown) -> Result<(), ServeError> {
+    run_with(device, listener, &PrivateSocket::new()?, shutdown)
 }
 
 /// [`run`] with the relay's private socket made beforehand (before the
 /// sandbox forbids creating sockets on the filesystem).
 pub fn run_with(
     device: &Device,
-    listener: UnixListener,
+    listener: &Listener,
     private: &PrivateSocket,
-    stop: &Stopper,
+    shutdown: &Shutdown,
 ) -> Result<(), ServeError> {
-    let private_path = private
-        .path()
-        .to_str()
-        .ok_or_else(|| ServeError::Daemon("private socket path is not UTF-8".into()))?
-        .to_owned();
-    let mut conn = 0u64;
-    while wait_for_connection(&listener, stop)? {
-        let front = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) => {
-                warn!("event=accept_failed err={e}");
-                continue;
-            }
-        };
-        conn += 1;
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let backend = Arc::new(NetBackend::new(
-            &device.taps,
-            &device.counters,
-            device.params.clone(),
-            mem.clone(),
-        )?);
-        let mut daemon = VhostUserDaemon::new("vhost-user-net".into(), backend.clone(), mem)
-            .map_err(|e| ServeError::Daemon(e.to_string()))?;
-        backend.set_epoll_handlers(&daemon.get_epoll_handlers());
-        // The backend connects to the relay's private socket; the relay
-        // only takes a connection made by this process.
-        daemon
-            .start_client(&private_path)
-            .map_err(|e| ServeError::Daemon(e.to_string()))?;
-        let back = private.accept_own()?;
-        let num_queues = u32::try_from(2 * device.taps.len()).unwrap_or(u32::MAX);
-        let relay = filter::spawn_relay(front, back, device.params.mtu, num_queues)
-            .map_err(ServeError::Event)?;
-        info!("event=frontend_connected conn={conn}");
-        if let Ok(mut cur) = stop.current.lock() {
-            *cur = daemon.shutdown_handle();
-        }
-        if stop.requested() {
-            daemon.request_shutdown();
-        }
-        match daemon.wait() {
-            Ok(()) => info!("event=frontend_disconnected conn={conn}"),
-            Err(vhost_user_backend::Error::HandleRequest(
-                VhostUserError::Disconnected | VhostUserError::PartialMessage,
-            )) => info!("event=frontend_disconnected conn={conn}"),
-            Err(e) => warn!("event=connection_closed conn={conn} err={e}"),
-        }
-        if let Ok(mut cur) = stop.current.lock() {
-            *cur = None;
-        }
-        drop(daemon);
-        for t in relay {
-            let _ = t.join();
-        }
-        let mut backend = backend;
-        match Arc::get_mut(&mut backend) {
-            Some(b) => b.close_leaked_exit_fds(),
-            None => warn!("event=exit_fds_kept reason=backend_still_shared"),
-        }
-        let faults = crate::memguard::faults();
-        if faults > 0 {
-            warn!("event=guest_memory_faults total={faults}");
-        }
-        counters::log_all(&device.counters);
-    }
-    info!("event=stopped connections={conn}");
+    skeleton::serve(device, listener, private, shutdown)?;
     Ok(())
 }

@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vhost_user_net::config::{Config, SocketSpec, TapSpec};
+use vhost_user_daemon::listen::{self, Listen};
+use vhost_user_daemon::shutdown::Shutdown;
+use vhost_user_net::config::{Config, TapSpec};
 use vhost_user_net::counters::PairCounters;
-use vhost_user_net::serve::{self, Device, Stopper};
+use vhost_user_net::serve::{self, Device};
 use vhost_user_net::tap;
 use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -51,7 +53,7 @@ pub struct Daemon {
     pub sock: PathBuf,
     pub tap: String,
     pub counters: Vec<Arc<PairCounters>>,
-    stop: Arc<Stopper>,
+    stop: Arc<Shutdown>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -67,7 +69,7 @@ impl Daemon {
         let sock =
             std::env::temp_dir().join(format!("vun-test-{}-{tap_name}.sock", std::process::id()));
         let cfg = Config {
-            socket: SocketSpec::Path(sock.clone()),
+            socket: Listen::Path(sock.clone()),
             tap: TapSpec::Name(tap_name.into()),
             host_ip: None,
             mac: GUEST_MAC,
@@ -75,7 +77,6 @@ impl Daemon {
             num_queue_pairs: pairs,
             queue_size: QSIZE,
             poll_us,
-            log_level: log::LevelFilter::Debug,
         };
         let _ = env_logger::builder().is_test(true).try_init();
         let device = Device::open(&cfg).expect("open tap");
@@ -84,12 +85,12 @@ impl Daemon {
             "1",
         );
         tap::set_up(tap_name).expect("link up");
-        let listener = serve::bind(&cfg.socket).expect("bind");
-        let stop = Stopper::new().expect("stopper");
+        let listener = listen::bind(&cfg.socket).expect("bind");
+        let stop = Arc::new(Shutdown::new().expect("shutdown eventfd"));
         let counters = device.counters.clone();
         let s2 = stop.clone();
         let thread = std::thread::spawn(move || {
-            serve::run(&device, listener, &s2).expect("serve loop");
+            serve::run(&device, &listener, &s2).expect("serve loop");
         });
         Daemon {
             sock,
@@ -103,7 +104,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.stop.stop();
+        self.stop.request();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

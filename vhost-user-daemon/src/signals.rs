@@ -1,12 +1,12 @@
-//! Signal handling: SIGTERM/SIGINT request a graceful shutdown, SIGUSR1 logs
-//! the counters. Signals are blocked in every thread and taken synchronously
-//! by one dedicated thread with sigwait(2), so no async-signal-safety games.
+//! Signals: SIGTERM/SIGINT request a graceful shutdown, SIGUSR1 runs the
+//! daemon's counter report. They are blocked in every thread and taken
+//! synchronously by one thread with sigwait(2): no async-signal-safety
+//! games.
 
 use std::io;
 use std::sync::Arc;
 
-use crate::counters::{self, QueueCounters};
-use crate::serve::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// Signal setup failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +32,7 @@ fn handled_set() -> libc::sigset_t {
     set
 }
 
-/// Block the handled signals in the calling thread (and every thread it
+/// Blocks the handled signals in the calling thread (and every thread it
 /// spawns later). Call first thing in `main`.
 pub fn block() -> Result<(), SignalError> {
     let set = handled_set();
@@ -44,10 +44,11 @@ pub fn block() -> Result<(), SignalError> {
     Ok(())
 }
 
-/// Spawn the thread that turns signals into actions.
+/// Spawns the thread that turns signals into actions: `report` on
+/// SIGUSR1, `shutdown.request()` on SIGTERM and SIGINT.
 pub fn spawn(
     shutdown: Arc<Shutdown>,
-    counters: Arc<Vec<QueueCounters>>,
+    report: impl Fn() + Send + 'static,
 ) -> Result<(), SignalError> {
     std::thread::Builder::new()
         .name("signals".into())
@@ -60,9 +61,9 @@ pub fn spawn(
                     continue;
                 }
                 match sig {
-                    libc::SIGUSR1 => counters::log_all(&counters),
+                    libc::SIGUSR1 => report(),
                     _ => {
-                        log::info!("shutdown_requested signal={sig}");
+                        log::info!("event=signal sig={sig} action=shutdown");
                         shutdown.request();
                     }
                 }
