@@ -467,3 +467,24 @@ impl PacketSocket {
         }
     }
 }
+
+/// On-CPU time (ns) of this process's vring worker threads, from
+/// schedstat, and how many there are.
+pub fn worker_cpu_ns() -> (u64, usize) {
+    let mut total = 0;
+    let mut workers = 0;
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "vring_worker" {
+            continue;
+        }
+        workers += 1;
+        let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    (total, workers)
+}
