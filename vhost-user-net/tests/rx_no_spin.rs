@@ -24,7 +24,10 @@ fn worker_sleeps_while_the_guest_has_no_rx_buffers() {
     std::thread::sleep(Duration::from_secs(1));
     let spent_ms = (worker_cpu_ns().0 - before) / 1_000_000;
     // A spinning worker would burn ~1000 ms (one second of CPU).
-    assert!(spent_ms <= 50, "worker used {spent_ms} ms of CPU while idle");
+    assert!(
+        spent_ms <= 50,
+        "worker used {spent_ms} ms of CPU while idle"
+    );
     // And nothing was lost: all 20 frames arrive once buffers come.
     g.post_rx(BUF_BASE, 32, 2048);
     for i in 0..20 {
