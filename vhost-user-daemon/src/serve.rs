@@ -13,11 +13,11 @@ use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{
     Error as DaemonError, VhostUserBackend, VhostUserDaemon, VringEpollHandler,
 };
-use crate::private_socket::{PrivateSocket, RelaySocketError};
-use crate::relay::{self, Filter};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::listen::{ListenError, wait_for_connection};
+use crate::private_socket::{PrivateSocket, RelaySocketError};
+use crate::relay::{self, Filter};
 use crate::shutdown::Shutdown;
 
 /// Guest memory as the daemons map it (no dirty bitmap yet).

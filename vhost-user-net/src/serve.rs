@@ -10,9 +10,9 @@ use log::info;
 use thiserror::Error;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VringEpollHandler;
+use vhost_user_daemon::private_socket::PrivateSocket;
 use vhost_user_daemon::serve::{self as skeleton, DeviceError, GuestMemoryShared};
 use vhost_user_daemon::shutdown::Shutdown;
-use vhost_user_daemon::private_socket::PrivateSocket;
 
 use crate::backend::{BackendError, DeviceParams, NetBackend};
 use crate::config::{Config, TapSpec, format_mac};
