@@ -5,7 +5,7 @@
 //! "invalid operation" and drops the connection, and has no hook for them
 //! (only a hand-written `VhostUserBackendReqHandlerMut` could, which means
 //! re-implementing all of its ring and memory handling). The relay
-//! ([`virtio_devices::backend::relay`]) lets the framework keep everything
+//! ([`vhost_user_daemon::relay`]) lets the framework keep everything
 //! else while this filter:
 //!
 //! - offers INFLIGHT_SHMFD in GET_PROTOCOL_FEATURES replies and strips it
@@ -30,12 +30,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use log::{info, warn};
-use virtio_devices::backend::inflight::{
+use vhost_user_daemon::inflight::{
     InflightInfo, InflightRegion, PROTOCOL_F_INFLIGHT_SHMFD, REQ_GET_INFLIGHT_FD,
     REQ_SET_INFLIGHT_FD, SharedRegion,
 };
-use virtio_devices::backend::notify_fd;
-use virtio_devices::backend::relay::{
+use vhost_user_daemon::notify_fd;
+use vhost_user_daemon::relay::{
     FLAG_REPLY, FLAG_VERSION, Filter, Msg, REQ_GET_PROTOCOL_FEATURES, REQ_SET_PROTOCOL_FEATURES,
     Routed,
 };

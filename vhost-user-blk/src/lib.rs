@@ -19,4 +19,4 @@ pub mod qcow2_chain;
 pub mod sandbox;
 pub mod serve;
 pub mod worker;
-pub use virtio_devices::backend::{checked_vring, memguard, private_socket, privileges};
+pub use vhost_user_daemon::{checked_vring, memguard, private_socket, privileges};

@@ -11,10 +11,10 @@ use std::sync::atomic::AtomicBool;
 
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VringEpollHandler;
+use vhost_user_daemon::inflight::SharedRegion;
+use vhost_user_daemon::private_socket::PrivateSocket;
 use vhost_user_daemon::serve::{self, DeviceError, GuestMemoryShared, ServeError};
 use vhost_user_daemon::shutdown::Shutdown;
-use virtio_devices::backend::inflight::SharedRegion;
-use virtio_devices::backend::private_socket::PrivateSocket;
 use virtio_devices::block::BlockDeviceInfo;
 use vmm_sys_util::epoll::EventSet;
 

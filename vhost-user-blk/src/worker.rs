@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use vhost_user_backend::VringT;
-use virtio_devices::backend::chain;
-use virtio_devices::backend::inflight::{InflightQueue, SharedRegion};
+use vhost_user_daemon::chain;
+use vhost_user_daemon::inflight::{InflightQueue, SharedRegion};
 use virtio_devices::block::{
     BlockStatus, ID_BYTES, ParseOutcome, Request, RequestKind, RequestLimits, Segment, request,
 };

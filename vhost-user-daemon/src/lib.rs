@@ -11,14 +11,33 @@
 //! - [`serve`]: accept a frontend, build a fresh backend and relay, serve,
 //!   stop the workers, let the device drain, accept again;
 //! - [`exit_fds`]: closes the fds vhost-user-backend 0.24 leaks per
-//!   connection.
+//!   connection;
+//! - [`relay`] and [`private_socket`]: a message relay in front of
+//!   vhost-user-backend for what it cannot handle, on a private socket;
+//!   [`notify_fd`]: kick/call/error fds must be eventfds, written without
+//!   ever blocking;
+//! - [`inflight`] and [`chain`]: the INFLIGHT_SHMFD region and the
+//!   descriptor-chain walk that resubmits what it records;
+//! - [`checked_vring`]: a vring that refuses SET_VRING_NUM sizes that are
+//!   not a power of two;
+//! - [`memguard`]: refuse short memory files, survive truncated ones
+//!   (SIGBUS, guest-memory ranges only);
+//! - [`privileges`]: `--user`, dropping root after start-up.
 //!
 //! It knows no device: it never depends on a daemon crate.
 
+pub mod chain;
+pub mod checked_vring;
 pub mod cli;
 pub mod exit_fds;
+pub mod inflight;
 pub mod listen;
 pub mod logging;
+pub mod memguard;
+pub mod notify_fd;
+pub mod private_socket;
+pub mod privileges;
+pub mod relay;
 pub mod serve;
 pub mod shutdown;
 pub mod signals;

@@ -13,11 +13,11 @@ use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{
     Error as DaemonError, VhostUserBackend, VhostUserDaemon, VringEpollHandler,
 };
-use virtio_devices::backend::private_socket::{PrivateSocket, RelaySocketError};
-use virtio_devices::backend::relay::{self, Filter};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::listen::{ListenError, wait_for_connection};
+use crate::private_socket::{PrivateSocket, RelaySocketError};
+use crate::relay::{self, Filter};
 use crate::shutdown::Shutdown;
 
 /// Guest memory as the daemons map it (no dirty bitmap yet).
@@ -165,7 +165,7 @@ where
         }
         Err(e) => log::warn!("event=connection_closed conn={conn} reason=error error=\"{e}\""),
     }
-    let faults = virtio_devices::backend::memguard::faults();
+    let faults = crate::memguard::faults();
     if faults > 0 {
         log::warn!("event=guest_memory_faults total={faults}");
     }

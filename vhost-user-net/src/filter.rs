@@ -17,7 +17,7 @@
 //! most the TAP's (`--mtu`), invalid (1) otherwise, so a frontend whose
 //! `host_mtu` the TAP cannot carry fails at start-up instead of dropping
 //! frames. Everything else, fds included, passes unchanged (the framing is
-//! [`virtio_devices::backend::relay`]'s).
+//! [`vhost_user_daemon::relay`]'s).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -25,12 +25,12 @@ use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 
 use log::{debug, info, warn};
-use virtio_devices::backend::relay::{
+use vhost_user_daemon::relay::{
     self, Filter, Msg, REQ_RESET_DEVICE, REQ_RESET_OWNER, REQ_SET_FEATURES,
     REQ_SET_PROTOCOL_FEATURES, REQ_SET_VRING_ENABLE, Routed,
 };
 #[cfg(test)]
-use virtio_devices::backend::relay::{
+use vhost_user_daemon::relay::{
     FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION, HDR_LEN, MAX_PAYLOAD, REQ_GET_PROTOCOL_FEATURES,
 };
 

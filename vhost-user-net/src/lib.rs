@@ -29,4 +29,4 @@ pub mod sandbox;
 pub mod serve;
 pub mod tap;
 pub mod tx;
-pub use virtio_devices::backend::{checked_vring, memguard, private_socket, privileges};
+pub use vhost_user_daemon::{checked_vring, memguard, private_socket, privileges};

@@ -10,9 +10,9 @@ use log::info;
 use thiserror::Error;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VringEpollHandler;
+use vhost_user_daemon::private_socket::PrivateSocket;
 use vhost_user_daemon::serve::{self as skeleton, DeviceError, GuestMemoryShared};
 use vhost_user_daemon::shutdown::Shutdown;
-use virtio_devices::backend::private_socket::PrivateSocket;
 
 use crate::backend::{BackendError, DeviceParams, NetBackend};
 use crate::config::{Config, TapSpec, format_mac};
@@ -30,7 +30,7 @@ pub enum ServeError {
     #[error(transparent)]
     Serve(#[from] skeleton::ServeError),
     #[error("relay socket")]
-    RelaySocket(#[from] virtio_devices::backend::private_socket::RelaySocketError),
+    RelaySocket(#[from] vhost_user_daemon::private_socket::RelaySocketError),
 }
 
 /// The long-lived part of the device: TAP queues and counters.

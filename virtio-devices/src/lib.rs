@@ -5,12 +5,10 @@
 //!
 //! Device semantics know nothing of sockets: a block request is parsed and
 //! validated, a net header is checked, from plain guest-memory buffers, so
-//! unit tests drive them with mock rings. The `backend` feature adds what
-//! both vhost-user daemons need around vhost-user-backend and the guest
-//! memory a frontend shares (module `backend`).
+//! unit tests drive them with mock rings. What the daemons share around
+//! vhost-user-backend lives in the `vhost-user-daemon` crate. Feature
+//! `seccomp`: the seccomp mode both daemons and viaduct take.
 
-#[cfg(feature = "backend")]
-pub mod backend;
 pub mod block;
 pub mod net;
 #[cfg(feature = "seccomp")]

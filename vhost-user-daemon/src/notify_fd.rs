@@ -11,7 +11,7 @@
 //! `/proc/self/fd` link is not `anon_inode:[eventfd]` and sets O_NONBLOCK on
 //! the ones it keeps (an eventfd write then fails with EAGAIN at a saturated
 //! counter instead of waiting for a reader). The relay calls it on every such
-//! fd before the message goes anywhere ([`super::relay`]).
+//! fd before the message goes anywhere ([`crate::relay`]).
 //!
 //! O_NONBLOCK lives in the open file description, which the frontend
 //! shares: it could clear the flag again later. [`signal`] therefore sets

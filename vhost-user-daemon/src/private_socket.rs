@@ -1,4 +1,4 @@
-//! The private socket between a daemon's message relay ([`super::relay`])
+//! The private socket between a daemon's message relay ([`crate::relay`])
 //! and vhost-user-backend. vhost-user-backend 0.24 can only be handed a
 //! listener or a path to connect to, never an already-connected stream, so
 //! the daemon connects as a client (`start_client`) to a socket the relay

@@ -5,12 +5,12 @@
 //! not know (GET_INFLIGHT_FD, NET_SET_MTU, SET_VRING_ENABLE before
 //! SET_FEATURES). Instead of forking it, each daemon puts a relay in front:
 //! the frontend talks to the relay, the relay to the backend over a
-//! private socket ([`super::private_socket`]). A daemon's [`Filter`] sees
+//! private socket ([`crate::private_socket`]). A daemon's [`Filter`] sees
 //! every frontend message and decides: pass it on (maybe rewritten),
 //! answer it itself, or both; backend replies pass through
 //! [`Filter::to_frontend`] (to add a protocol feature bit, say).
 //! The kick, call and error fds of SET_VRING_KICK/CALL/ERR must be
-//! eventfds and are made non-blocking ([`super::notify_fd`]); a message
+//! eventfds and are made non-blocking ([`crate::notify_fd`]); a message
 //! with any other fd is refused (a failed REPLY_ACK if one was asked for)
 //! before the filter sees it. Everything else, fds included, passes
 //! unchanged. Framing is checked
@@ -29,7 +29,7 @@ use log::{debug, warn};
 use thiserror::Error;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-use super::notify_fd::{self, NotifyFdError};
+use crate::notify_fd::{self, NotifyFdError};
 
 /// Header length of every vhost-user message.
 pub const HDR_LEN: usize = 12;

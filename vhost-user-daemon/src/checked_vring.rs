@@ -40,11 +40,11 @@ impl<M: GuestAddressSpace> CheckedVring<M> {
 
     /// Tells the frontend this ring is broken (its SET_VRING_ERR eventfd);
     /// false when it gave none or the write failed. Never blocks (see
-    /// [`super::notify_fd`]): callers hold the worker's lock.
+    /// [`crate::notify_fd`]): callers hold the worker's lock.
     pub fn signal_error(&self) -> bool {
         let slot = self.err.lock().unwrap_or_else(|e| e.into_inner());
         match slot.as_ref() {
-            Some(f) => super::notify_fd::signal(f.as_fd()).is_ok(),
+            Some(f) => crate::notify_fd::signal(f.as_fd()).is_ok(),
             None => false,
         }
     }
