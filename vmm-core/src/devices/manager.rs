@@ -127,43 +127,33 @@ impl DeviceManager<'_> {
         let mut bars = BarAllocator::new(layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE);
         let mut bars64 = BarAllocator::new(layout::PCI_MMIO64_START, layout::PCI_MMIO64_SIZE);
         let regions = self.guest_regions()?;
-        let mut devices: Vec<(String, String, Arc<Mutex<VhostUserDevice>>)> = Vec::new();
-        for (i, d) in cfg.disks.iter().enumerate() {
+        // (id, name, socket, kind, queue size) of every vhost-user device,
+        // disks first: they get the lower slots.
+        let disks = cfg.disks.iter().enumerate().map(|(i, d)| {
             let kind = DeviceKind::Block {
                 num_queues: d.num_queues,
             };
-            let dev = VhostUserDevice::connect(
-                &d.socket,
-                kind,
-                d.queue_size,
-                regions.clone(),
-                self.ram.mem.clone(),
-            )
-            .map_err(|e| DeviceError::VhostUser(format!("disk {}", d.socket.display()), e))?;
-            devices.push((
-                format!("disk{i}"),
-                format!("disk {}", d.socket.display()),
-                Arc::new(Mutex::new(dev)),
-            ));
-        }
-        for (i, n) in cfg.nets.iter().enumerate() {
+            (format!("disk{i}"), "disk", &d.socket, kind, d.queue_size)
+        });
+        let nets = cfg.nets.iter().enumerate().map(|(i, n)| {
             let kind = DeviceKind::Net {
                 mac: n.mac,
                 queue_pairs: n.num_queue_pairs,
             };
+            (format!("net{i}"), "net", &n.socket, kind, n.queue_size)
+        });
+        let mut devices: Vec<(String, String, Arc<Mutex<VhostUserDevice>>)> = Vec::new();
+        for (id, what, socket, kind, queue_size) in disks.chain(nets) {
+            let name = format!("{what} {}", socket.display());
             let dev = VhostUserDevice::connect(
-                &n.socket,
+                socket,
                 kind,
-                n.queue_size,
+                queue_size,
                 regions.clone(),
                 self.ram.mem.clone(),
             )
-            .map_err(|e| DeviceError::VhostUser(format!("net {}", n.socket.display()), e))?;
-            devices.push((
-                format!("net{i}"),
-                format!("net {}", n.socket.display()),
-                Arc::new(Mutex::new(dev)),
-            ));
+            .map_err(|e| DeviceError::VhostUser(name.clone(), e))?;
+            devices.push((id, name, Arc::new(Mutex::new(dev))));
         }
         let first_vfio_slot =
             u8::try_from(devices.len() + 1).map_err(|_| PciRootError::Slot(u8::MAX))?;
