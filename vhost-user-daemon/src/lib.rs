@@ -22,13 +22,16 @@
 //!   not a power of two;
 //! - [`memguard`]: refuse short memory files, survive truncated ones
 //!   (SIGBUS, guest-memory ranges only);
-//! - [`privileges`]: `--user`, dropping root after start-up.
+//! - [`privileges`]: `--user`, dropping root after start-up;
+//! - [`dirty_log`]: live migration's dirty-page log (SET_LOG_BASE,
+//!   LOG_ALL), marked by the workers for every page they write.
 //!
 //! It knows no device: it never depends on a daemon crate.
 
 pub mod chain;
 pub mod checked_vring;
 pub mod cli;
+pub mod dirty_log;
 pub mod exit_fds;
 pub mod inflight;
 pub mod listen;

@@ -64,6 +64,8 @@ pub enum RelayError {
     Io(#[from] io::Error),
     #[error("message payload of {0} bytes")]
     TooBig(usize),
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// One vhost-user message with its fds.
@@ -133,6 +135,9 @@ pub enum Routed {
     ToBackend(Msg),
     /// Back to the frontend (a reply the relay gives itself).
     ToFrontend(Msg),
+    /// End the connection: the frontend asked for something refused in a
+    /// way the protocol has no error reply for.
+    Hangup(String),
 }
 
 /// A daemon's message policy.
@@ -253,6 +258,10 @@ fn inbound<F: Filter>(
                 Routed::ToFrontend(m) => {
                     let _guard = front_writer.lock();
                     write_msg(front, &m)?;
+                }
+                Routed::Hangup(why) => {
+                    warn!("event=frontend_refused err=\"{why}\"");
+                    return Err(RelayError::Refused(why));
                 }
             }
         }
