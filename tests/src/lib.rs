@@ -10,6 +10,7 @@
 //!   binaries (plus the libraries `ldd` names) and a scenario script;
 //! - [`console`]: the result protocol guests speak on their serial console;
 //! - [`qemu`]: running a QEMU process with a deadline;
+//! - [`qmp`]: a QMP client for migrations (`migrate`, `query-migrate`);
 //! - [`host_a`]: test host A, a TCG guest with vhost-user devices;
 //! - [`host_b`]: test host B, a nested KVM host with an IOMMU, an SR-IOV NIC
 //!   and an NVMe controller;
@@ -31,6 +32,7 @@ pub mod modules;
 pub mod netns;
 pub mod provision;
 pub mod qemu;
+pub mod qmp;
 pub mod restart_load;
 pub mod selftest;
 pub mod shell;
