@@ -22,7 +22,9 @@
 //!   not a power of two;
 //! - [`memguard`]: refuse short memory files, survive truncated ones
 //!   (SIGBUS, guest-memory ranges only);
-//! - [`privileges`]: `--user`, dropping root after start-up.
+//! - [`privileges`]: `--user`, dropping root after start-up;
+//! - [`sandbox`]: `--user`, then Landlock and the seccomp allowlist (a base
+//!   list plus the syscalls, ioctls and files a daemon adds), in that order.
 //!
 //! It knows no device: it never depends on a daemon crate.
 
@@ -38,6 +40,7 @@ pub mod notify_fd;
 pub mod private_socket;
 pub mod privileges;
 pub mod relay;
+pub mod sandbox;
 pub mod serve;
 pub mod shutdown;
 pub mod signals;
