@@ -20,6 +20,7 @@
 //!   descriptor-chain walk that resubmits what it records;
 //! - [`checked_vring`]: a vring that refuses SET_VRING_NUM sizes that are
 //!   not a power of two;
+//! - [`iovec`]: the iovec of a buffer of our own;
 //! - [`memguard`]: refuse short memory files, survive truncated ones
 //!   (SIGBUS, guest-memory ranges only);
 //! - [`privileges`]: `--user`, dropping root after start-up;
@@ -33,6 +34,7 @@ pub mod checked_vring;
 pub mod cli;
 pub mod exit_fds;
 pub mod inflight;
+pub mod iovec;
 pub mod listen;
 pub mod logging;
 pub mod memguard;
