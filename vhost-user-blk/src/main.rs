@@ -2,22 +2,20 @@
 //! serve. Exit codes: 0 normal, 1 runtime error, 2 usage or configuration
 //! error (bad option, unusable image, socket in use), all before serving.
 
-use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use landlock::AccessFs;
 use vhost_user_blk::cli::{Args, CAPABILITIES_JSON};
 use vhost_user_blk::config::Config;
 use vhost_user_blk::counters::{self, QueueCounters};
 use vhost_user_blk::disk::Disk;
 use vhost_user_blk::memguard;
 use vhost_user_blk::private_socket::PrivateSocket;
-use vhost_user_blk::privileges;
 use vhost_user_blk::sandbox;
 use vhost_user_blk::serve::Server;
+use vhost_user_daemon::sandbox::Sandbox;
 use vhost_user_daemon::shutdown::Shutdown;
 use vhost_user_daemon::{listen, logging, signals};
 
@@ -48,8 +46,7 @@ fn main() -> ExitCode {
 fn setup(args: Args) -> anyhow::Result<Server> {
     signals::block().context("signals")?;
     memguard::install_sigbus_handler().context("signals")?;
-    let sandbox_mode = args.common.sandbox;
-    let user = args.common.user.clone();
+    let common = args.common.clone();
     let config = Config::try_from(args)?;
     // The sandbox's rules are known (the policy is in `config`): only now
     // is anything the image names opened.
@@ -62,53 +59,17 @@ fn setup(args: Args) -> anyhow::Result<Server> {
             .collect(),
     );
     let shutdown = Arc::new(Shutdown::new().context("shutdown eventfd")?);
-    // Everything is open and bound: confine the process before any other
-    // thread exists, so Landlock (per thread at creation) covers them all.
-    let socket_dir = config.listen.socket_dir();
-    let private_dir = private.path().parent().unwrap_or(private.path());
-    let tmp = std::env::temp_dir();
-    let mut exceptions: Vec<_> = socket_dir
-        .iter()
-        .map(|d| sandbox::FsException {
-            path: d,
-            access: AccessFs::RemoveFile.into(),
-        })
-        .collect();
-    exceptions.push(sandbox::FsException {
-        path: private_dir,
-        access: AccessFs::RemoveFile.into(),
-    });
-    exceptions.push(sandbox::FsException {
-        path: &tmp,
-        access: AccessFs::RemoveDir.into(),
-    });
-    if let Some(user) = &user {
-        let ids = privileges::lookup(user)?;
-        private
-            .give_to(ids.uid, ids.gid)
-            .context("handing the relay socket to --user")?;
-        privileges::drop_to(ids)?;
-        log::info!(
-            "event=privileges_dropped user={user} uid={} gid={}",
-            ids.uid,
-            ids.gid
-        );
-    }
     if config.null_io {
         log::warn!("event=null_io reads and writes complete without I/O: data is not stored");
     }
+    // Everything is open and bound: confine the process before any other
+    // thread exists, so Landlock (per thread at creation) covers them all.
     // Landlock lists exactly the image's files; the duplicate descriptors
     // kept for it close once the ruleset is in force.
     let chain = std::mem::take(&mut disk.chain);
-    let files: Vec<_> = chain
-        .iter()
-        .map(|f| sandbox::FileRule {
-            fd: f.fd.as_fd(),
-            writable: f.writable,
-        })
-        .collect();
-    sandbox::enter(sandbox_mode, &exceptions, &files).context("sandbox")?;
-    drop(files);
+    Sandbox::new(&common, &config.listen, &private, sandbox::SECCOMP)
+        .files(&sandbox::file_rules(&chain))
+        .apply()?;
     drop(chain);
     let report = Arc::clone(&counters);
     signals::spawn(Arc::clone(&shutdown), move || counters::log_all(&report))?;

@@ -20,9 +20,12 @@
 //!   descriptor-chain walk that resubmits what it records;
 //! - [`checked_vring`]: a vring that refuses SET_VRING_NUM sizes that are
 //!   not a power of two;
+//! - [`iovec`]: the iovec of a buffer of our own;
 //! - [`memguard`]: refuse short memory files, survive truncated ones
 //!   (SIGBUS, guest-memory ranges only);
 //! - [`privileges`]: `--user`, dropping root after start-up;
+//! - [`sandbox`]: `--user`, then Landlock and the seccomp allowlist (a base
+//!   list plus the syscalls, ioctls and files a daemon adds), in that order;
 //! - [`dirty_log`]: live migration's dirty-page log (SET_LOG_BASE,
 //!   LOG_ALL), marked by the workers for every page they write.
 //!
@@ -34,6 +37,7 @@ pub mod cli;
 pub mod dirty_log;
 pub mod exit_fds;
 pub mod inflight;
+pub mod iovec;
 pub mod listen;
 pub mod logging;
 pub mod memguard;
@@ -41,6 +45,7 @@ pub mod notify_fd;
 pub mod private_socket;
 pub mod privileges;
 pub mod relay;
+pub mod sandbox;
 pub mod serve;
 pub mod shutdown;
 pub mod signals;

@@ -28,6 +28,7 @@ pub enum RelaySocketError {
 }
 
 /// A listening socket only this process may use.
+#[derive(Debug)]
 pub struct PrivateSocket {
     listener: UnixListener,
     dir: PathBuf,

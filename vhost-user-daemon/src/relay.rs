@@ -158,10 +158,7 @@ pub fn read_msg(s: &UnixStream, with_fds: bool) -> Result<Option<Msg>, RelayErro
     let mut got = 0usize;
     if with_fds {
         let mut raw = [-1 as RawFd; MAX_FDS];
-        let mut iov = [libc::iovec {
-            iov_base: hdr.as_mut_ptr().cast(),
-            iov_len: HDR_LEN,
-        }];
+        let mut iov = [crate::iovec::of_buf(&mut hdr)];
         // SAFETY: the iovec points at `hdr`, alive and writable for the call.
         let (n, nfds) = unsafe { s.recv_with_fds(&mut iov, &mut raw) }
             .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;

@@ -153,12 +153,7 @@ mod tests {
 
     use super::*;
 
-    fn iov(buf: &mut [u8]) -> libc::iovec {
-        libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        }
-    }
+    use vhost_user_daemon::iovec::of_buf as iov;
 
     #[test]
     fn copies_cross_segment_boundaries() {

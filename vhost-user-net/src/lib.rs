@@ -14,7 +14,7 @@
 //! * [`checked_vring`]: refuses SET_VRING_NUM sizes that are not a power of two.
 //! * [`memguard`]: refuse short memory files, survive truncated ones.
 //! * [`privileges`]: `--user`, dropping root after start-up.
-//! * [`sandbox`]: seccomp + Landlock after start-up.
+//! * [`sandbox`]: this daemon's syscalls and ioctls for `vhost_user_daemon::sandbox`.
 
 pub mod backend;
 pub mod cli;

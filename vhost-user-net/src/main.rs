@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use landlock::AccessFs;
+use vhost_user_daemon::cli::CommonArgs;
+use vhost_user_daemon::sandbox::Sandbox;
 use vhost_user_daemon::shutdown::Shutdown;
 use vhost_user_daemon::{listen, logging, signals};
 use vhost_user_net::cli::Args;
@@ -14,13 +15,12 @@ use vhost_user_net::config::Config;
 use vhost_user_net::counters;
 use vhost_user_net::memguard;
 use vhost_user_net::private_socket::PrivateSocket;
-use vhost_user_net::privileges;
-use vhost_user_net::sandbox::{self, FsException, SandboxMode};
+use vhost_user_net::sandbox;
 use vhost_user_net::serve::{self, Device};
 
 const CAPABILITIES: &str = r#"{"type":"net"}"#;
 
-fn run(cfg: Config, sandbox_mode: SandboxMode, user: Option<String>) -> anyhow::Result<()> {
+fn run(cfg: Config, common: CommonArgs) -> anyhow::Result<()> {
     signals::block().context("signals")?;
     memguard::install_sigbus_handler().context("SIGBUS handler")?;
     let device = Device::open(&cfg).context("opening the tap")?;
@@ -29,37 +29,7 @@ fn run(cfg: Config, sandbox_mode: SandboxMode, user: Option<String>) -> anyhow::
     let shutdown = Arc::new(Shutdown::new().context("shutdown eventfd")?);
     // Everything is open and bound: confine the process before any other
     // thread exists, so Landlock (per thread at creation) covers them all.
-    let socket_dir = cfg.socket.socket_dir();
-    let private_dir = private.path().parent().unwrap_or(private.path());
-    let tmp = std::env::temp_dir();
-    let mut exceptions: Vec<_> = socket_dir
-        .iter()
-        .map(|d| FsException {
-            path: d,
-            access: AccessFs::RemoveFile.into(),
-        })
-        .collect();
-    exceptions.push(FsException {
-        path: private_dir,
-        access: AccessFs::RemoveFile.into(),
-    });
-    exceptions.push(FsException {
-        path: &tmp,
-        access: AccessFs::RemoveDir.into(),
-    });
-    if let Some(user) = &user {
-        let ids = privileges::lookup(user)?;
-        private
-            .give_to(ids.uid, ids.gid)
-            .context("handing the relay socket to --user")?;
-        privileges::drop_to(ids)?;
-        log::info!(
-            "event=privileges_dropped user={user} uid={} gid={}",
-            ids.uid,
-            ids.gid
-        );
-    }
-    sandbox::enter(sandbox_mode, &exceptions).context("sandbox")?;
+    Sandbox::new(&common, &cfg.socket, &private, sandbox::SECCOMP).apply()?;
     let report = device.counters.clone();
     signals::spawn(Arc::clone(&shutdown), move || counters::log_all(&report))?;
     log::info!("event=listening socket={:?}", cfg.socket);
@@ -74,9 +44,7 @@ fn main() -> ExitCode {
         println!("{CAPABILITIES}");
         return ExitCode::SUCCESS;
     }
-    let sandbox_mode = args.common.sandbox;
-    let user = args.common.user.clone();
-    let log_level = args.common.log_level;
+    let common = args.common.clone();
     let cfg = match Config::try_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -84,8 +52,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging::init(log_level);
-    match run(cfg, sandbox_mode, user) {
+    logging::init(common.log_level);
+    match run(cfg, common) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vhost-user-net: {e:#}");

@@ -1,273 +1,54 @@
-//! The sandbox entered once the TAP is open, the socket bound and the
-//! relay's private socket made: a seccomp-bpf allowlist on every thread
-//! (TSYNC), and a Landlock domain that denies all filesystem access (but
-//! removing the relay socket on exit) and TCP, where the kernel has Landlock.
-//!
-//! The allowlist is what the serve loop, the relay, the vhost-user-backend
-//! threads, the TX/RX paths and the logger call after start-up (derived
-//! with `strace -f` and `--sandbox log` runs of the test suites, see
-//! docs/hardening.md). Anything else kills the process. The seccomp glue
-//! is shared (`virtio_devices::seccomp`); the lists are this daemon's.
+//! The net daemon's part of the sandbox (`vhost_user_daemon::sandbox` holds
+//! the rest, entered once the TAP is open, the socket bound and the relay's
+//! private socket made): the TAP I/O syscalls and the TAP settings that
+//! follow the guest's features and ring enables, on top of the base list.
+//! It serves from no file: Landlock lists none.
 
-use std::path::Path;
-
-use landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus,
-};
-use seccompiler::{BpfProgram, SeccompAction};
-use virtio_devices::seccomp;
-
-/// `--sandbox`: how strict the daemon is after start-up.
-pub use virtio_devices::seccomp::FilterMode as SandboxMode;
-
-/// Entering the sandbox failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
-    #[error(transparent)]
-    Seccomp(#[from] seccomp::SeccompError),
-    #[error("setting up landlock")]
-    Landlock(#[source] landlock::RulesetError),
-    #[error("opening a path for a landlock rule")]
-    LandlockPath(#[source] landlock::PathFdError),
-}
-
-/// One filesystem exception to the Landlock domain: `access` beneath `path`.
-pub struct FsException<'a> {
-    pub path: &'a Path,
-    pub access: BitFlags<AccessFs>,
-}
+use vhost_user_daemon::sandbox::SeccompExtras;
 
 const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
 const TUNSETQUEUE: u64 = 0x4004_54d9;
 
-/// Syscalls allowed with any arguments.
-const ALLOWED: &[i64] = &[
-    // memory, threads, signals (std, glibc, vhost-user-backend workers)
-    libc::SYS_brk,
-    libc::SYS_mmap,
-    libc::SYS_munmap,
-    libc::SYS_mremap,
-    libc::SYS_mprotect,
-    libc::SYS_madvise,
-    libc::SYS_clone,
-    libc::SYS_clone3,
-    libc::SYS_set_robust_list,
-    libc::SYS_rseq,
-    libc::SYS_futex,
-    libc::SYS_sched_yield,
-    libc::SYS_sched_getaffinity,
-    libc::SYS_exit,
-    libc::SYS_exit_group,
-    libc::SYS_getpid,
-    libc::SYS_gettid,
-    libc::SYS_tgkill,
-    libc::SYS_rt_sigprocmask,
-    libc::SYS_rt_sigaction,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_rt_sigtimedwait,
-    libc::SYS_sigaltstack,
-    libc::SYS_restart_syscall,
-    libc::SYS_clock_gettime,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_nanosleep,
-    libc::SYS_getrandom,
-    // fds, events, the vhost-user socket
-    libc::SYS_read,
-    libc::SYS_write,
-    libc::SYS_readv,
-    libc::SYS_writev,
-    libc::SYS_close,
-    libc::SYS_fcntl,
-    libc::SYS_fstat,
-    libc::SYS_newfstatat,
-    libc::SYS_statx,
-    libc::SYS_lseek,
-    libc::SYS_dup,
-    // is a frontend's kick/call/error fd an eventfd? (/proc/self/fd link)
-    libc::SYS_readlinkat,
-    libc::SYS_eventfd2,
-    libc::SYS_epoll_create1,
-    libc::SYS_epoll_ctl,
-    libc::SYS_epoll_wait,
-    libc::SYS_epoll_pwait,
-    libc::SYS_poll,
-    libc::SYS_ppoll,
-    libc::SYS_accept4,
-    libc::SYS_recvmsg,
-    libc::SYS_sendmsg,
-    libc::SYS_recvfrom,
-    libc::SYS_sendto,
-    libc::SYS_shutdown,
-    libc::SYS_getsockopt,
-    // the relay's private socket (AF_UNIX only, see `socket_rules`)
-    libc::SYS_connect,
+/// Syscalls (any arguments) and ioctls this daemon adds to the base list.
+pub const SECCOMP: SeccompExtras<'static> = SeccompExtras {
     // TAP I/O
-    libc::SYS_pread64,
-    libc::SYS_pwrite64,
-    // removing the relay socket and its directory on exit (Landlock
-    // limits where)
-    libc::SYS_unlink,
-    libc::SYS_unlinkat,
-    libc::SYS_rmdir,
-    // turned into EACCES by the stacked open filter (virtio_devices::seccomp)
-    libc::SYS_open,
-    libc::SYS_openat,
-    libc::SYS_openat2,
-];
-
-/// ioctls allowed (second argument): the TAP settings that follow the
-/// guest's features and ring enables, FIONBIO/FIOCLEX on sockets, and the
-/// read-only terminal queries the logger makes when stderr is a terminal
-/// (TCGETS, TIOCGWINSZ).
-const IOCTLS: &[u64] = &[
-    TUNSETOFFLOAD,
-    TUNSETVNETHDRSZ,
-    TUNSETQUEUE,
-    libc::FIONBIO,
-    libc::FIOCLEX,
-    libc::TCGETS,
-    libc::TIOCGWINSZ,
-];
-
-/// The seccomp program; `mismatch` is what happens to off-list syscalls.
-pub fn filter(mismatch: SeccompAction) -> Result<BpfProgram, SandboxError> {
-    Ok(seccomp::allowlist(
-        ALLOWED,
-        IOCTLS,
-        vec![],
-        vec![seccomp::unix_socket_rule()?],
-        mismatch,
-    )?)
-}
-
-/// Landlock: no filesystem access but `exceptions`, no TCP bind/connect.
-/// Returns whether the kernel enforced it (best effort on older kernels).
-fn landlock(exceptions: &[FsException]) -> Result<RulesetStatus, SandboxError> {
-    let abi = ABI::V5;
-    let mut ruleset = Ruleset::default()
-        .handle_access(AccessFs::from_all(abi))
-        .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
-        .and_then(|r| r.create())
-        .map_err(SandboxError::Landlock)?;
-    for e in exceptions {
-        let fd = PathFd::new(e.path).map_err(SandboxError::LandlockPath)?;
-        ruleset = ruleset
-            .add_rule(PathBeneath::new(fd, e.access))
-            .map_err(SandboxError::Landlock)?;
-    }
-    let status = ruleset.restrict_self().map_err(SandboxError::Landlock)?;
-    Ok(status.ruleset)
-}
-
-/// Enters the sandbox (call from the main thread before it spawns the
-/// threads that should be confined by Landlock; seccomp covers all).
-/// `exceptions` is what the filesystem may still be used for (removing our
-/// relay socket on exit).
-pub fn enter(mode: SandboxMode, exceptions: &[FsException]) -> Result<(), SandboxError> {
-    let Some(mismatch) = mode.mismatch() else {
-        log::warn!("event=sandbox state=off");
-        return Ok(());
-    };
-    let landlock = landlock(exceptions)?;
-    seccomp::install_all_threads(&filter(mismatch)?)?;
-    log::info!("event=sandbox state={mode:?} seccomp=all_threads landlock={landlock:?}");
-    Ok(())
-}
+    syscalls: &[libc::SYS_pread64, libc::SYS_pwrite64],
+    ioctls: &[TUNSETOFFLOAD, TUNSETVNETHDRSZ, TUNSETQUEUE],
+};
 
 #[cfg(test)]
 mod tests {
+    use seccompiler::SeccompAction;
+    use vhost_user_daemon::sandbox::seccomp::filter;
+    use virtio_devices::seccomp::{in_filtered_child, killed_by_seccomp};
+
     use super::*;
 
-    /// Runs `body` in a forked child under the filters; returns its wait status.
-    fn in_filtered_child(body: fn() -> i32) -> libc::c_int {
-        let prog = filter(SeccompAction::KillProcess).unwrap();
-        seccomp::in_filtered_child(&prog, body)
-    }
-
     #[test]
-    fn forbidden_syscall_kills_the_process() {
-        let status = in_filtered_child(|| {
-            // SAFETY: a raw socket(2) call; any result is fine.
-            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-            0
-        });
-        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
-        assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
-        let status = in_filtered_child(|| {
+    fn tap_settings_pass_but_not_tunsetiff() {
+        let prog = filter(&SECCOMP, SeccompAction::KillProcess).unwrap();
+        let status = in_filtered_child(&prog, || {
             // SAFETY: ioctl(TUNSETIFF) on fd 0 with no argument; it must be
             // refused before the kernel looks at the pointer.
             unsafe { libc::ioctl(0, 0x4004_54ca, std::ptr::null_mut::<u8>()) };
             0
         });
-        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
-        let status = in_filtered_child(|| {
-            let byte = 0u8;
-            // SAFETY: TIOCSTI (push a byte into a terminal's input) is not on
-            // the list; the byte lives on this stack for the call.
-            unsafe { libc::ioctl(0, libc::TIOCSTI, &byte) };
-            0
-        });
-        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
-        // Terminal queries are allowed: a daemon run in a terminal must not
-        // die when its logger asks whether stderr is one.
-        let status = in_filtered_child(|| {
-            let mut t = std::mem::MaybeUninit::<libc::termios>::uninit();
-            // SAFETY: TCGETS writes a termios into `t`, valid for the call.
-            unsafe { libc::ioctl(2, libc::TCGETS, t.as_mut_ptr()) };
-            let mut w = std::mem::MaybeUninit::<libc::winsize>::uninit();
-            // SAFETY: TIOCGWINSZ writes a winsize into `w`, valid for the call.
-            unsafe { libc::ioctl(2, libc::TIOCGWINSZ, w.as_mut_ptr()) };
-            0
+        assert!(killed_by_seccomp(status), "status {status:#x}");
+        let status = in_filtered_child(&prog, || {
+            // SAFETY: TUNSETVNETHDRSZ and pwrite64 on an invalid fd:
+            // allowed, both fail with EBADF before reading memory.
+            let rcs = unsafe {
+                [
+                    libc::ioctl(-1, TUNSETVNETHDRSZ, std::ptr::null::<i32>()),
+                    libc::pwrite(-1, std::ptr::null(), 0, 0) as i32,
+                ]
+            };
+            if rcs == [-1; 2] { 7 } else { 1 }
         });
         assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 7,
             "status {status:#x}"
         );
-        let status = in_filtered_child(|| {
-            // SAFETY: prctl(PR_SET_DUMPABLE) is not PR_SET_NAME: refused.
-            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
-            0
-        });
-        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
-    }
-
-    #[test]
-    fn opening_files_fails_with_eacces() {
-        let status = in_filtered_child(|| {
-            // SAFETY: open(2) of a path that exists; the fd is not used.
-            let fd = unsafe { libc::open(c"/proc/self/status".as_ptr(), libc::O_RDONLY) };
-            // SAFETY: reads this thread's errno.
-            let errno = unsafe { *libc::__errno_location() };
-            if fd < 0 && errno == libc::EACCES {
-                9
-            } else {
-                1
-            }
-        });
-        assert!(libc::WIFEXITED(status), "status {status:#x}");
-        assert_eq!(libc::WEXITSTATUS(status), 9);
-    }
-
-    #[test]
-    fn allowed_syscalls_pass() {
-        let status = in_filtered_child(|| {
-            // SAFETY: socket(AF_UNIX) + eventfd2 + write + close on fresh fds.
-            unsafe {
-                let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-                if s < 0 {
-                    return 2;
-                }
-                libc::close(s);
-                let fd = libc::eventfd(0, 0);
-                let one = 1u64;
-                let w = libc::write(fd, (&one as *const u64).cast(), 8);
-                libc::close(fd);
-                if fd >= 0 && w == 8 { 7 } else { 1 }
-            }
-        });
-        assert!(libc::WIFEXITED(status), "status {status:#x}");
-        assert_eq!(libc::WEXITSTATUS(status), 7);
     }
 }

@@ -295,12 +295,7 @@ mod tests {
     use std::io::Write;
     use vmm_sys_util::tempfile::TempFile;
 
-    fn iov(buf: &mut [u8]) -> libc::iovec {
-        libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        }
-    }
+    use vhost_user_daemon::iovec::of_buf as iov;
 
     #[test]
     fn ring_and_inline_paths_move_real_bytes() {
