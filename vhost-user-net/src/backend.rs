@@ -5,13 +5,13 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use log::{debug, info, warn};
 use thiserror::Error;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::VhostUserBackend;
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 use virtio_devices::net::config::{NetConfigSpace, STATUS_LINK_UP};
 use virtio_devices::net::features::{MRG_RXBUF, OptionalOffloads, device_features};
 use virtio_devices::net::{tap_offload_flags, vnet_hdr_len};
@@ -22,10 +22,17 @@ use vmm_sys_util::event::{
 };
 
 use crate::counters::PairCounters;
-use crate::pair::{EpollRefs, NetVring, PairCtx, PairEpoll, QueuePair, Wake};
+use crate::pair::{NetVring, QueuePair};
+use crate::pair_types::{Interest, Negotiated, PairCtx, Wake};
 use crate::tap::{TapError, TapQueue};
-use crate::tx::Negotiated;
 use vhost_user_daemon::exit_fds::LeakedExitFds;
+
+/// The worker epoll of one queue pair.
+pub type PairEpoll = VringEpollHandler<Arc<NetBackend>>;
+
+/// Weak references to the worker epolls (the backend must not keep the
+/// daemon's handlers alive: they hold the backend).
+pub type EpollRefs = Vec<Weak<PairEpoll>>;
 
 /// Device parameters fixed at start-up.
 #[derive(Clone, Debug)]
@@ -254,25 +261,47 @@ impl VhostUserBackend for NetBackend {
         let Ok(mem) = self.mem.read() else {
             return Ok(());
         };
-        let epoll = self
-            .epolls
-            .read()
-            .ok()
-            .and_then(|e| e.get(thread_id).and_then(|w| w.upgrade()));
         let ctx = PairCtx {
             mem: &mem,
             neg: self.negotiated(),
-            epoll,
-            tap_token: self.tap_token(),
             multiqueue: self.pairs.len() > 1,
             poll: Duration::from_micros(self.params.poll_us),
             budget: usize::from(self.params.queue_size),
         };
-        pair.handle(
-            Wake::from_event(device_event, evset, ctx.tap_token),
-            vrings,
-            &ctx,
-        );
+        let wake = Wake::from_event(device_event, evset, self.tap_token());
+        if let Some(change) = pair.handle(wake, vrings, &ctx) {
+            let epoll = self
+                .epolls
+                .read()
+                .ok()
+                .and_then(|e| e.get(thread_id).and_then(|w| w.upgrade()));
+            if let Some(epoll) = epoll {
+                pair.registered(self.apply(&epoll, change, thread_id));
+            }
+        }
         Ok(())
+    }
+}
+
+impl NetBackend {
+    /// (Re)registers a pair's TAP fd on its worker epoll as the pair asked;
+    /// returns the events it is registered for afterwards.
+    fn apply(&self, epoll: &PairEpoll, change: Interest, pair: usize) -> EventSet {
+        let token = self.tap_token();
+        if !change.from.is_empty() {
+            if let Err(e) = epoll.unregister_listener(change.fd, change.from, token) {
+                debug!("pair={pair} event=tap_unregister_failed err={e}");
+            }
+        }
+        if change.to.is_empty() {
+            return EventSet::empty();
+        }
+        match epoll.register_listener(change.fd, change.to, token) {
+            Ok(()) => change.to,
+            Err(e) => {
+                warn!("pair={pair} event=tap_register_failed err={e}");
+                EventSet::empty()
+            }
+        }
     }
 }

@@ -4,8 +4,11 @@
 //! * [`cli`] / [`config`]: command line → validated [`config::Config`].
 //! * [`tap`]: TAP ioctls (open, vnet header size, offloads, queues, host side).
 //! * [`backend`]: the vhost-user-backend glue (features, config space, events).
-//! * [`pair`]: one queue pair's state, owned by its worker thread.
-//! * [`tx`] / [`rx`]: the two data paths ([`ring_check`]: avail overrun); [`iov`]: guest buffers → iovecs.
+//! * [`pair`]: one queue pair's state, owned by its worker thread;
+//!   [`pair_types`]: the vocabulary it shares with the backend and the data
+//!   paths (a leaf: the modules here import in one direction only).
+//! * [`tx`] / [`rx`]: the two data paths, over any [`pair_types::Virtqueue`]
+//!   and fd ([`ring_check`]: avail overrun); [`iov`]: guest buffers → iovecs.
 //! * [`counters`]: per-queue packet/byte/drop counters.
 //! * [`serve`]: the listen/accept loop with a fresh backend per connection.
 //! * [`filter`]: relay that hides a QEMU message-order quirk from the
@@ -23,10 +26,13 @@ pub mod counters;
 pub mod filter;
 pub mod iov;
 pub mod pair;
+pub mod pair_types;
 pub mod ring_check;
 pub mod rx;
 pub mod sandbox;
 pub mod serve;
 pub mod tap;
+#[cfg(test)]
+mod test_ring;
 pub mod tx;
 pub use vhost_user_daemon::{checked_vring, memguard, private_socket, privileges};

@@ -1,57 +1,52 @@
 //! One queue pair (RX vring 2k, TX vring 2k+1) and its TAP queue, driven by
-//! its own worker thread: event dispatch, TAP polling on/off, queue
-//! attach/detach, and the optional busy-poll window.
+//! its own worker thread: event dispatch to [`crate::rx`] / [`crate::tx`]
+//! under each ring's lock, which TAP events it wants (the backend registers
+//! them), queue attach/detach, and the optional busy-poll window.
 
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use log::{debug, warn};
-use vhost_user_backend::{VringEpollHandler, VringT};
-use virtio_queue::QueueT;
+use vhost_user_backend::{VringState, VringT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
-use crate::backend::NetBackend;
 use crate::counters::PairCounters;
+use crate::pair_types::{Interest, PairCtx, RX, TX, Virtqueue, Wake};
 use crate::rx::{self, RxOutcome, RxState};
 use crate::tap::TapQueue;
-use crate::tx::{self, Negotiated, TxOutcome, TxScratch};
+use crate::tx::{self, TxOutcome, TxScratch};
 
-/// The worker epoll of one queue pair.
-pub type PairEpoll = VringEpollHandler<Arc<NetBackend>>;
 /// Our vring type.
 pub type NetVring = crate::checked_vring::CheckedVring<GuestMemoryAtomic<GuestMemoryMmap>>;
 
-/// Index of the RX / TX vring within a worker's vrings.
-const RX: u16 = 0;
-const TX: u16 = 1;
+/// The framework's vring state, locked for one pass, is the data paths'
+/// virtqueue.
+impl<M: GuestAddressSpace> Virtqueue for VringState<M> {
+    fn queue(&mut self) -> &mut Queue {
+        self.get_queue_mut()
+    }
 
-/// What one wake-up should look at.
-#[derive(Clone, Copy, Debug)]
-pub struct Wake {
-    pub rx: bool,
-    pub tx: bool,
+    fn signal_used(&self) -> std::io::Result<()> {
+        self.signal_used_queue()
+    }
 }
 
-impl Wake {
-    /// Maps a worker event to the directions it concerns.
-    pub fn from_event(device_event: u16, evset: EventSet, tap_token: u64) -> Wake {
-        match device_event {
-            RX => Wake {
-                rx: true,
-                tx: false,
-            },
-            TX => Wake {
-                rx: false,
-                tx: true,
-            },
-            t if u64::from(t) == tap_token => Wake {
-                rx: evset.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR),
-                tx: evset.contains(EventSet::OUT),
-            },
-            _ => Wake { rx: true, tx: true },
-        }
+/// Runs one data-path pass over `v` under the ring's lock, or answers None
+/// when the ring is disabled (SET_VRING_ENABLE 0) or stopped: checked under
+/// that lock, which SET_VRING_ENABLE and GET_VRING_BASE take too, so nothing
+/// is done on the ring once the frontend has been answered.
+fn pass<T>(
+    v: &NetVring,
+    f: impl FnOnce(&mut VringState<GuestMemoryAtomic<GuestMemoryMmap>>) -> T,
+) -> Option<T> {
+    let mut guard = v.get_mut();
+    if !guard.is_enabled() || !guard.get_queue().ready() {
+        return None;
     }
+    Some(f(&mut guard))
 }
 
 struct PairState {
@@ -65,17 +60,6 @@ struct PairState {
     interest: EventSet,
     detached: bool,
     ring_error_logged: bool,
-}
-
-/// Per-connection context every wake-up needs.
-pub struct PairCtx<'a> {
-    pub mem: &'a GuestMemoryAtomic<GuestMemoryMmap>,
-    pub neg: Negotiated,
-    pub epoll: Option<Arc<PairEpoll>>,
-    pub tap_token: u64,
-    pub multiqueue: bool,
-    pub poll: Duration,
-    pub budget: usize,
 }
 
 /// One queue pair of the device.
@@ -123,17 +107,21 @@ impl QueuePair {
 
     /// Handles one worker event. Never fails: a broken ring is logged and
     /// that direction stops until the frontend sets the ring up again.
-    pub fn handle(&self, wake: Wake, vrings: &[NetVring], ctx: &PairCtx<'_>) {
+    /// Returns the change of TAP events the pair wants from its worker
+    /// epoll, if any: the caller applies it and reports the result with
+    /// [`QueuePair::registered`].
+    #[must_use]
+    pub fn handle(&self, wake: Wake, vrings: &[NetVring], ctx: &PairCtx<'_>) -> Option<Interest> {
         let (Some(rxv), Some(txv)) = (vrings.get(RX as usize), vrings.get(TX as usize)) else {
-            return;
+            return None;
         };
         let Ok(mut st) = self.state.lock() else {
-            return;
+            return None;
         };
         let st = &mut *st;
         let (mut rx_on, mut tx_on) = (ring_active(rxv), ring_active(txv));
         if !rx_on && !tx_on {
-            self.set_interest(st, ctx, EventSet::empty());
+            let change = self.interest(st, EventSet::empty());
             if ctx.multiqueue && !st.detached {
                 // Frames the kernel steers here would sit unread: hand them
                 // to the queues still in use.
@@ -142,7 +130,7 @@ impl QueuePair {
                     Err(e) => debug!("pair={} event=detach_failed err={e}", self.index),
                 }
             }
-            return;
+            return change;
         }
         if st.detached {
             match self.tap.set_attached(true) {
@@ -160,32 +148,30 @@ impl QueuePair {
             let mut progressed = false;
             if wake.tx && tx_on {
                 let before = self.counters.tx.packets();
-                match tx::process(txv, &mem, &self.tap, ctx.neg, &self.counters.tx, &mut st.tx) {
-                    Ok(TxOutcome::Disabled) => {
+                let (tap, counters, scratch) = (&*self.tap, &self.counters.tx, &mut st.tx);
+                match pass(txv, |r| {
+                    tx::process(r, &mem, tap, ctx.neg, counters, scratch)
+                }) {
+                    None => {
                         // Disabled since this wake-up began: stop polling it.
                         tx_on = false;
                         st.tx_blocked = false;
                     }
-                    Ok(o) => st.tx_blocked = o == TxOutcome::Blocked,
-                    Err(e) => self.ring_error(st, "tx", &e),
+                    Some(Ok(o)) => st.tx_blocked = o == TxOutcome::Blocked,
+                    Some(Err(e)) => self.ring_error(st, "tx", &e),
                 }
                 progressed |= self.counters.tx.packets() != before;
             }
             if wake.rx && rx_on && !st.rx_starved {
                 let before = self.counters.rx.packets();
-                match rx::process(
-                    rxv,
-                    &mem,
-                    &self.tap,
-                    ctx.neg,
-                    &self.counters.rx,
-                    &mut st.rx,
-                    ctx.budget,
-                ) {
-                    Ok(RxOutcome::NoBuffers) => st.rx_starved = true,
-                    Ok(RxOutcome::Disabled) => rx_on = false,
-                    Ok(_) => {}
-                    Err(e) => {
+                let (tap, counters, rxst) = (&*self.tap, &self.counters.rx, &mut st.rx);
+                match pass(rxv, |r| {
+                    rx::process(r, &mem, tap, ctx.neg, counters, rxst, ctx.budget)
+                }) {
+                    Some(Ok(RxOutcome::NoBuffers)) => st.rx_starved = true,
+                    None => rx_on = false,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
                         st.rx_starved = true;
                         self.ring_error(st, "rx", &e);
                     }
@@ -209,7 +195,7 @@ impl QueuePair {
         if tx_on && st.tx_blocked {
             want |= EventSet::OUT;
         }
-        self.set_interest(st, ctx, want);
+        self.interest(st, want)
     }
 
     fn ring_error(&self, st: &mut PairState, dir: &str, e: &virtio_queue::Error) {
@@ -219,49 +205,20 @@ impl QueuePair {
         }
     }
 
-    /// (Re)registers the TAP fd on the worker epoll for `want`.
-    fn set_interest(&self, st: &mut PairState, ctx: &PairCtx<'_>, want: EventSet) {
-        if st.interest == want {
-            return;
-        }
-        let Some(epoll) = ctx.epoll.as_ref() else {
-            return;
-        };
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&*self.tap);
-        if !st.interest.is_empty() {
-            if let Err(e) = epoll.unregister_listener(fd, st.interest, ctx.tap_token) {
-                debug!("pair={} event=tap_unregister_failed err={e}", self.index);
-            }
-            st.interest = EventSet::empty();
-        }
-        if !want.is_empty() {
-            match epoll.register_listener(fd, want, ctx.tap_token) {
-                Ok(()) => st.interest = want,
-                Err(e) => warn!("pair={} event=tap_register_failed err={e}", self.index),
-            }
-        }
+    /// The change that would make the TAP fd registered for `want`.
+    fn interest(&self, st: &PairState, want: EventSet) -> Option<Interest> {
+        (st.interest != want).then(|| Interest {
+            fd: self.tap.as_raw_fd(),
+            from: st.interest,
+            to: want,
+        })
     }
-}
 
-/// Weak references to the worker epolls (the backend must not keep the
-/// daemon's handlers alive: they hold the backend).
-pub type EpollRefs = Vec<Weak<PairEpoll>>;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_map_to_directions() {
-        let w = Wake::from_event(0, EventSet::IN, 3);
-        assert!(w.rx && !w.tx);
-        let w = Wake::from_event(1, EventSet::IN, 3);
-        assert!(!w.rx && w.tx);
-        let w = Wake::from_event(3, EventSet::OUT, 3);
-        assert!(!w.rx && w.tx, "tap writable again: resume tx");
-        let w = Wake::from_event(3, EventSet::IN | EventSet::OUT, 3);
-        assert!(w.rx && w.tx);
-        let w = Wake::from_event(3, EventSet::HANG_UP, 3);
-        assert!(w.rx && !w.tx);
+    /// Records the events the TAP fd is registered for after the caller
+    /// applied an [`Interest`] change (empty: not at all).
+    pub fn registered(&self, now: EventSet) {
+        if let Ok(mut st) = self.state.lock() {
+            st.interest = now;
+        }
     }
 }

@@ -16,7 +16,6 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 
 use log::debug;
-use vhost_user_backend::VringT;
 use virtio_devices::net::features::HDR_LEN_V1;
 use virtio_devices::net::header::NUM_BUFFERS_OFFSET;
 use virtio_devices::net::mrg::spread;
@@ -25,8 +24,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::counters::{Drop, QueueCounters};
 use crate::iov;
-use crate::tap::TapQueue;
-use crate::tx::Negotiated;
+use crate::pair_types::{Negotiated, Virtqueue};
 
 /// Host overflow buffer: a 64 KiB GSO frame plus headers fits.
 const BOUNCE_LEN: usize = 64 * 1024 + 1024;
@@ -40,8 +38,6 @@ pub enum RxOutcome {
     NoBuffers,
     /// The per-wake-up budget is used up; the TAP may hold more.
     Budget,
-    /// The ring is disabled (SET_VRING_ENABLE 0) or stopped: not touched.
-    Disabled,
 }
 
 /// RX state of one queue pair, kept across wake-ups.
@@ -99,23 +95,19 @@ enum Placed {
     NoRoom,
 }
 
-/// Moves frames from the TAP into the RX ring, at most `budget` of them.
-/// A disabled or stopped ring is left alone (checked under the ring's lock,
-/// as in [`crate::tx::process`]).
+/// Moves frames from `tap` (a TAP queue in the daemon; one `readv` per
+/// frame) into the RX `ring`, at most `budget` of them. The caller has
+/// checked that the ring is enabled and ready.
 pub fn process(
-    vring: &crate::pair::NetVring,
+    ring: &mut impl Virtqueue,
     mem: &GuestMemoryMmap,
-    tap: &TapQueue,
+    tap: &impl AsRawFd,
     neg: Negotiated,
     counters: &QueueCounters,
     st: &mut RxState,
     budget: usize,
 ) -> Result<RxOutcome, virtio_queue::Error> {
-    let mut guard = vring.get_mut();
-    if !guard.is_enabled() || !guard.get_queue().ready() {
-        return Ok(RxOutcome::Disabled);
-    }
-    let q = guard.get_queue_mut();
+    let q = ring.queue();
     let mut used = false;
     let mut frames = 0usize;
     let outcome = loop {
@@ -236,7 +228,7 @@ pub fn process(
         }
     };
     if used && q.needs_notification(mem)? {
-        if let Err(e) = guard.signal_used_queue() {
+        if let Err(e) = ring.signal_used() {
             debug!("event=rx_signal_failed err={e}");
         }
     }
@@ -431,4 +423,191 @@ fn complete(
     }
     *used = true;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_devices::net::features::VERSION_1;
+    use virtio_queue::mock::MockSplitQueue;
+
+    use super::*;
+    use crate::test_ring::{BUF, QSIZE, TestRing, frame, memory, post, read, send, used, wire};
+
+    const HDR: usize = 12;
+
+    fn neg(mrg_rxbuf: bool) -> Negotiated {
+        Negotiated {
+            acked: VERSION_1,
+            hdr_len: HDR,
+            mrg_rxbuf,
+        }
+    }
+
+    /// A header with some device-side bytes set, then a frame of `len`.
+    fn packet(len: usize, seed: u8) -> Vec<u8> {
+        let mut p = vec![0u8; HDR];
+        p[0] = 2; // DATA_VALID
+        p[10] = 0xaa; // num_buffers: the device overwrites it
+        p.extend_from_slice(&frame(len, seed));
+        p
+    }
+
+    /// `sent` as the guest should see it: num_buffers = `n`.
+    fn as_delivered(sent: &[u8], n: u16) -> Vec<u8> {
+        let mut want = sent.to_vec();
+        want[10..12].copy_from_slice(&n.to_le_bytes());
+        want
+    }
+
+    /// Posts `count` one-descriptor chains of `size` bytes from head `first`.
+    fn post_bufs(mock: &MockSplitQueue<'_, GuestMemoryMmap>, first: u16, count: u16, size: u32) {
+        for h in first..first + count {
+            post(mock, h, &[(BUF + u64::from(h) * 0x1000, size)], true);
+        }
+    }
+
+    /// The bytes the used entries cover, in order (one-descriptor chains).
+    fn delivered(mem: &GuestMemoryMmap, entries: &[(u32, u32)]) -> Vec<u8> {
+        entries
+            .iter()
+            .flat_map(|&(h, len)| read(mem, BUF + u64::from(h) * 0x1000, len as usize))
+            .collect()
+    }
+
+    #[test]
+    fn a_frame_lands_in_the_posted_chain_with_its_header() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, QSIZE);
+        let mut ring = TestRing::new(&mock);
+        let (tap, peer) = wire();
+        let counters = QueueCounters::default();
+        let mut st = RxState::default();
+        // A chain the guest got wrong (device-readable) first.
+        let bad = post(&mock, 0, &[(BUF, 2048)], false);
+        let good = post(&mock, 1, &[(BUF + 0x1000, 8), (BUF + 0x2000, 2048)], true);
+        let sent = packet(100, 5);
+        assert!(send(&peer, &sent));
+        let out = process(&mut ring, &mem, &tap, neg(true), &counters, &mut st, 64);
+        assert_eq!(
+            out,
+            Ok(RxOutcome::NoBuffers),
+            "delivered, then the ring is empty"
+        );
+        let n = sent.len() as u32;
+        assert_eq!(
+            used(&mem, &mock),
+            vec![(u32::from(bad), 0), (u32::from(good), n)]
+        );
+        let mut got = read(&mem, BUF + 0x1000, 8);
+        got.extend(read(&mem, BUF + 0x2000, sent.len() - 8));
+        assert_eq!(got, as_delivered(&sent, 1));
+        assert!(ring.signalled());
+        assert_eq!((counters.packets(), counters.bytes()), (1, 100));
+        assert_eq!(counters.drops(Drop::BadChain), 1);
+    }
+
+    #[test]
+    fn the_budget_bounds_one_pass() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, QSIZE);
+        let mut ring = TestRing::new(&mock);
+        let (tap, peer) = wire();
+        let counters = QueueCounters::default();
+        let mut st = RxState::default();
+        post_bufs(&mock, 0, 4, 2048);
+        for seed in 0..3 {
+            assert!(send(&peer, &packet(60, seed)));
+        }
+        let out = process(&mut ring, &mem, &tap, neg(true), &counters, &mut st, 2);
+        assert_eq!(out, Ok(RxOutcome::Budget));
+        assert_eq!(used(&mem, &mock).len(), 2);
+        let out = process(&mut ring, &mem, &tap, neg(true), &counters, &mut st, 2);
+        assert_eq!(out, Ok(RxOutcome::TapEmpty));
+        let entries = used(&mem, &mock);
+        assert_eq!(entries.len(), 3);
+        assert_eq!(
+            delivered(&mem, &entries[2..]),
+            as_delivered(&packet(60, 2), 1)
+        );
+    }
+
+    #[test]
+    fn a_frame_larger_than_a_chain_spreads_over_more_with_mrg_rxbuf() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, QSIZE);
+        let mut ring = TestRing::new(&mock);
+        let (tap, peer) = wire();
+        let counters = QueueCounters::default();
+        let mut st = RxState::default();
+        post_bufs(&mock, 0, 4, 64);
+        let sent = packet(150, 9);
+        assert!(send(&peer, &sent));
+        let out = process(&mut ring, &mem, &tap, neg(true), &counters, &mut st, 64);
+        assert_eq!(out, Ok(RxOutcome::TapEmpty));
+        let entries = used(&mem, &mock);
+        assert_eq!(entries, vec![(0, 64), (1, 64), (2, 34)]);
+        assert_eq!(delivered(&mem, &entries), as_delivered(&sent, 3));
+        assert_eq!((counters.packets(), counters.bytes()), (1, 150));
+    }
+
+    #[test]
+    fn too_few_buffers_park_the_frame_until_the_guest_posts_more() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, QSIZE);
+        let mut ring = TestRing::new(&mock);
+        let (tap, peer) = wire();
+        let counters = QueueCounters::default();
+        let mut st = RxState::default();
+        post_bufs(&mock, 0, 1, 64);
+        let sent = packet(150, 3);
+        assert!(send(&peer, &sent));
+        for _ in 0..2 {
+            let out = process(&mut ring, &mem, &tap, neg(true), &counters, &mut st, 64);
+            assert_eq!(out, Ok(RxOutcome::NoBuffers));
+            assert!(st.has_pending(), "the frame waits in host memory");
+            assert!(
+                used(&mem, &mock).is_empty(),
+                "the small buffer is given back"
+            );
+            assert!(!ring.signalled());
+        }
+        post_bufs(&mock, 1, 2, 64);
+        let out = process(&mut ring, &mem, &tap, neg(true), &counters, &mut st, 64);
+        assert_eq!(
+            out,
+            Ok(RxOutcome::NoBuffers),
+            "delivered, then the ring is empty"
+        );
+        assert!(!st.has_pending());
+        let entries = used(&mem, &mock);
+        assert_eq!(entries, vec![(0, 64), (1, 64), (2, 34)]);
+        assert_eq!(delivered(&mem, &entries), as_delivered(&sent, 3));
+        assert!(ring.signalled());
+        assert_eq!(counters.packets(), 1);
+    }
+
+    #[test]
+    fn without_mrg_rxbuf_a_frame_larger_than_the_chain_is_dropped() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, QSIZE);
+        let mut ring = TestRing::new(&mock);
+        let (tap, peer) = wire();
+        let counters = QueueCounters::default();
+        let mut st = RxState::default();
+        post_bufs(&mock, 0, 1, 64);
+        assert!(send(&peer, &packet(150, 1)));
+        let small = packet(40, 2);
+        assert!(send(&peer, &small));
+        let out = process(&mut ring, &mem, &tap, neg(false), &counters, &mut st, 64);
+        assert_eq!(out, Ok(RxOutcome::NoBuffers));
+        let entries = used(&mem, &mock);
+        assert_eq!(
+            entries,
+            vec![(0, small.len() as u32)],
+            "the chain took the next frame"
+        );
+        assert_eq!(delivered(&mem, &entries), as_delivered(&small, 1));
+        assert_eq!(counters.drops(Drop::RxTooLarge), 1);
+        assert_eq!(counters.packets(), 1);
+    }
 }

@@ -3,24 +3,16 @@
 
 use std::io;
 
+use std::os::fd::AsRawFd;
+
 use log::debug;
-use vhost_user_backend::VringT;
 use virtio_devices::net::header::{HeaderError, VirtioNetHdr, check_tx_len};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use crate::counters::{Drop, QueueCounters};
 use crate::iov;
-use crate::tap::TapQueue;
-use std::os::fd::AsRawFd;
-
-/// What the negotiation fixed for the data paths.
-#[derive(Clone, Copy, Debug)]
-pub struct Negotiated {
-    pub acked: u64,
-    pub hdr_len: usize,
-    pub mrg_rxbuf: bool,
-}
+use crate::pair_types::{Negotiated, Virtqueue};
 
 /// How a TX pass ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,8 +21,6 @@ pub enum TxOutcome {
     Drained,
     /// The TAP answered EAGAIN; the chain stays in the ring (back-pressure).
     Blocked,
-    /// The ring is disabled (SET_VRING_ENABLE 0) or stopped: not touched.
-    Disabled,
 }
 
 enum Sent {
@@ -50,24 +40,19 @@ pub struct TxScratch {
 // and carry no pointer that is dereferenced.
 unsafe impl Send for TxScratch {}
 
-/// Transmits every frame the guest queued, until the ring is empty or the
-/// TAP pushes back. Ring errors (corrupt used/avail ring) are returned.
-/// A disabled or stopped ring is left alone: checked under the ring's lock,
-/// which SET_VRING_ENABLE and GET_VRING_BASE take too, so nothing is done
-/// on it once the frontend has been answered.
+/// Transmits every frame the guest queued in `ring`, each as one `writev`
+/// on `tap` (a TAP queue in the daemon), until the ring is empty or the TAP
+/// pushes back. Ring errors (corrupt used/avail ring) are returned. The
+/// caller has checked that the ring is enabled and ready.
 pub fn process(
-    vring: &crate::pair::NetVring,
+    ring: &mut impl Virtqueue,
     mem: &GuestMemoryMmap,
-    tap: &TapQueue,
+    tap: &impl AsRawFd,
     neg: Negotiated,
     counters: &QueueCounters,
     scratch: &mut TxScratch,
 ) -> Result<TxOutcome, virtio_queue::Error> {
-    let mut guard = vring.get_mut();
-    if !guard.is_enabled() || !guard.get_queue().ready() {
-        return Ok(TxOutcome::Disabled);
-    }
-    let q = guard.get_queue_mut();
+    let q = ring.queue();
     let mut used = false;
     let mut outcome = TxOutcome::Drained;
     'ring: loop {
@@ -93,7 +78,7 @@ pub fn process(
         }
     }
     if used && q.needs_notification(mem)? {
-        if let Err(e) = guard.signal_used_queue() {
+        if let Err(e) = ring.signal_used() {
             debug!("event=tx_signal_failed err={e}");
         }
     }
@@ -103,7 +88,7 @@ pub fn process(
 fn send_one(
     chain: DescriptorChain<&GuestMemoryMmap>,
     mem: &GuestMemoryMmap,
-    tap: &TapQueue,
+    tap: &impl AsRawFd,
     neg: Negotiated,
     counters: &QueueCounters,
     scratch: &mut TxScratch,
@@ -170,5 +155,112 @@ fn send_one(
                 return Sent::Done;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_devices::net::features::VERSION_1;
+    use virtio_devices::net::header::GSO_TCPV4;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::test_ring::{BUF, QSIZE, TestRing, frame, memory, post, recv, send, used, wire};
+
+    const NEG: Negotiated = Negotiated {
+        acked: VERSION_1,
+        hdr_len: 12,
+        mrg_rxbuf: false,
+    };
+
+    /// Writes a zero header (with `gso_type`) and `body` at BUF as one
+    /// 3-descriptor chain (header split across the first two).
+    fn queue_frame(
+        mem: &GuestMemoryMmap,
+        mock: &MockSplitQueue<'_, GuestMemoryMmap>,
+        first: u16,
+        gso_type: u8,
+        body: &[u8],
+    ) -> u16 {
+        let at = BUF + u64::from(first) * 0x1000;
+        let mut hdr = [0u8; 12];
+        hdr[1] = gso_type;
+        mem.write_slice(&hdr, GuestAddress(at)).unwrap();
+        mem.write_slice(body, GuestAddress(at + 0x100)).unwrap();
+        let bufs = [(at, 5), (at + 5, 7), (at + 0x100, body.len() as u32)];
+        post(mock, first, &bufs, false)
+    }
+
+    #[test]
+    fn a_chain_becomes_one_frame_on_the_fd() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, QSIZE);
+        let mut ring = TestRing::new(&mock);
+        let (tap, peer) = wire();
+        let counters = QueueCounters::default();
+        let body = frame(60, 7);
+        let head = queue_frame(&mem, &mock, 0, 0, &body);
+        let mut scratch = TxScratch::default();
+        let out = process(&mut ring, &mem, &tap, NEG, &counters, &mut scratch);
+        assert_eq!(out, Ok(TxOutcome::Drained));
+        let mut want = vec![0u8; 12];
+        want.extend_from_slice(&body);
+        assert_eq!(recv(&peer), Some(want), "header + frame, one message");
+        assert_eq!(recv(&peer), None);
+        assert_eq!(used(&mem, &mock), vec![(u32::from(head), 0)]);
+        assert!(ring.signalled());
+        assert_eq!((counters.packets(), counters.bytes()), (1, 60));
+    }
+
+    #[test]
+    fn an_offload_not_negotiated_is_dropped_and_completed() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, QSIZE);
+        let mut ring = TestRing::new(&mock);
+        let (tap, peer) = wire();
+        let counters = QueueCounters::default();
+        let bad = queue_frame(&mem, &mock, 0, GSO_TCPV4, &frame(60, 1));
+        let short = post(&mock, 3, &[(BUF + 0x8000, 12 + 13)], false);
+        let mut scratch = TxScratch::default();
+        let out = process(&mut ring, &mem, &tap, NEG, &counters, &mut scratch);
+        assert_eq!(out, Ok(TxOutcome::Drained));
+        assert_eq!(recv(&peer), None, "nothing reaches the TAP");
+        assert_eq!(
+            used(&mem, &mock),
+            vec![(u32::from(bad), 0), (u32::from(short), 0)]
+        );
+        assert_eq!(counters.packets(), 0);
+        assert_eq!(counters.drops(Drop::TxBadHeader), 1);
+        assert_eq!(counters.drops(Drop::TxShort), 1);
+    }
+
+    #[test]
+    fn a_full_fd_leaves_the_chain_in_the_ring_until_it_drains() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, QSIZE);
+        let mut ring = TestRing::new(&mock);
+        let (tap, peer) = wire();
+        let filler = frame(1000, 0);
+        let mut queued = 0;
+        while send(&tap, &filler) {
+            queued += 1;
+        }
+        let counters = QueueCounters::default();
+        let body = frame(100, 3);
+        let head = queue_frame(&mem, &mock, 0, 0, &body);
+        let mut scratch = TxScratch::default();
+        let out = process(&mut ring, &mem, &tap, NEG, &counters, &mut scratch);
+        assert_eq!(out, Ok(TxOutcome::Blocked));
+        assert!(used(&mem, &mock).is_empty(), "the chain stays in the ring");
+        assert!(!ring.signalled());
+        for _ in 0..queued {
+            assert_eq!(recv(&peer).map(|f| f.len()), Some(filler.len()));
+        }
+        let out = process(&mut ring, &mem, &tap, NEG, &counters, &mut scratch);
+        assert_eq!(out, Ok(TxOutcome::Drained));
+        assert_eq!(recv(&peer).map(|f| f[12..].to_vec()), Some(body));
+        assert_eq!(used(&mem, &mock), vec![(u32::from(head), 0)]);
+        assert!(ring.signalled());
     }
 }
