@@ -91,7 +91,7 @@ impl PciConfig {
         let mask = !(size - 1);
         let reg = BAR0 / 4 + index;
         self.regs[reg] = BAR_MEM64;
-        self.masks[reg] = (mask as u32) & !0xf;
+        self.masks[reg] = (mask & 0xffff_fff0) as u32;
         self.masks[reg + 1] = (mask >> 32) as u32;
         self.bar_sizes[index] = size;
         // The upper half is marked used with a size of 1 (never reported).
@@ -103,7 +103,7 @@ impl PciConfig {
     pub fn set_bar_addr(&mut self, index: usize, addr: u64) {
         let reg = BAR0 / 4 + index;
         if index + 1 < NUM_BARS && self.bar_sizes[index] > 1 {
-            self.regs[reg] = (addr as u32 & self.masks[reg]) | BAR_MEM64;
+            self.regs[reg] = ((addr & 0xffff_ffff) as u32 & self.masks[reg]) | BAR_MEM64;
             self.regs[reg + 1] = (addr >> 32) as u32 & self.masks[reg + 1];
         }
     }
@@ -137,6 +137,10 @@ impl PciConfig {
         if body.len() < 2 || off + len > CONFIG_SIZE {
             return Err(PciConfigError::NoRoom(body.len()));
         }
+        // A capability pointer is one byte: the standard space is 256 bytes.
+        let Ok(ptr) = u8::try_from(off) else {
+            return Err(PciConfigError::NoRoom(body.len()));
+        };
         let mut bytes = body.to_vec();
         bytes.resize(len, 0);
         bytes[1] = 0;
@@ -145,11 +149,11 @@ impl PciConfig {
             self.masks[off / 4 + i] = writable.get(i).copied().unwrap_or(0);
         }
         match self.last_cap {
-            None => self.regs[CAPABILITIES_PTR / 4] = off as u32,
+            None => self.regs[CAPABILITIES_PTR / 4] = u32::from(ptr),
             Some(prev) => {
                 let reg = prev / 4;
                 let shift = (prev % 4 + 1) * 8;
-                self.regs[reg] = (self.regs[reg] & !(0xff << shift)) | (off as u32) << shift;
+                self.regs[reg] = (self.regs[reg] & !(0xff << shift)) | u32::from(ptr) << shift;
             }
         }
         self.regs[STATUS / 4] |= STATUS_CAP_LIST << 16;

@@ -42,8 +42,9 @@ impl MsiCap {
             maskable: ctrl & CTRL_MASKABLE != 0,
             mmc: ((ctrl >> 1) & 7).min(5) as u8,
         };
-        // The whole structure must fit in the standard space.
-        (off + c.size() as usize <= 256).then_some(c)
+        // The whole structure must fit in the standard space (`cap` is below
+        // `raw.len()`, so the sum cannot overflow).
+        (cap + c.size() <= 256).then_some(c)
     }
 
     /// Bytes of the capability, header included.
@@ -147,7 +148,7 @@ impl MsiRegs {
             4 => self.addr_lo = set(self.addr_lo, shift) & !3,
             8 if self.cap.is64 => self.addr_hi = set(self.addr_hi, shift),
             r if r == self.cap.data_off() && shift < 16 => {
-                self.data = set(u32::from(self.data), shift) as u16;
+                self.data = (set(u32::from(self.data), shift) & 0xffff) as u16;
             }
             r if Some(r) == self.cap.mask_off() => {
                 let vectors_mask = if self.cap.mmc >= 5 {

@@ -69,7 +69,10 @@ impl Msix {
     }
 
     pub fn vectors(&self) -> u16 {
-        self.entries.len() as u16
+        // Cannot truncate: `new` clamps the table to MAX_VECTORS (2048) entries.
+        #[allow(clippy::cast_possible_truncation)]
+        let n = self.entries.len() as u16;
+        n
     }
 
     /// Size of the table and of the PBA in bytes.
@@ -177,7 +180,9 @@ impl Msix {
                 _ => e.ctrl = v & VECTOR_MASKED,
             }
         }
-        MsixChange::Vector(index as u16)
+        // `access_ok` put the write inside the table, so the index fits; were it
+        // not to, "every vector may have changed" is still a truthful answer.
+        u16::try_from(index).map_or(MsixChange::All, MsixChange::Vector)
     }
 
     /// Reads the PBA (writes to it are ignored by the owner).

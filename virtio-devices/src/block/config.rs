@@ -134,7 +134,7 @@ impl VirtioBlkConfig {
     pub const LEN: usize = 60;
 
     /// Serialize in the virtio layout (geometry left zero: not offered).
-    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+    pub fn to_bytes(self) -> [u8; Self::LEN] {
         let mut b = [0u8; Self::LEN];
         b[0..8].copy_from_slice(&self.capacity.to_le_bytes());
         b[8..12].copy_from_slice(&self.size_max.to_le_bytes());

@@ -24,7 +24,7 @@ pub struct NetConfigSpace {
 
 impl NetConfigSpace {
     /// The whole layout as bytes.
-    pub fn to_bytes(&self) -> [u8; CONFIG_LEN] {
+    pub fn to_bytes(self) -> [u8; CONFIG_LEN] {
         let mut b = [0u8; CONFIG_LEN];
         b[0..6].copy_from_slice(&self.mac);
         b[6..8].copy_from_slice(&self.status.to_le_bytes());

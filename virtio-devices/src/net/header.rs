@@ -102,7 +102,7 @@ impl VirtioNetHdr {
     }
 
     /// Serializes into the 12-byte layout; callers use the first `hdr_len`.
-    pub fn to_bytes(&self) -> [u8; HDR_LEN_V1] {
+    pub fn to_bytes(self) -> [u8; HDR_LEN_V1] {
         let mut b = [0u8; HDR_LEN_V1];
         b[0] = self.flags;
         b[1] = self.gso_type;
