@@ -108,6 +108,16 @@ pub fn filter(extras: &SeccompExtras, mismatch: SeccompAction) -> Result<BpfProg
     )
 }
 
+/// For tests: runs `body` in a forked child under the open filter and
+/// this allowlist (base + `extras`, off-list syscalls kill); returns the
+/// child's wait status.
+pub fn in_confined_child(extras: &SeccompExtras, body: fn() -> i32) -> libc::c_int {
+    match filter(extras, SeccompAction::KillProcess) {
+        Ok(prog) => seccomp::in_filtered_child(&prog, body),
+        Err(_) => -1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,8 +130,7 @@ mod tests {
     /// Runs `body` in a forked child under the base filters; returns its
     /// wait status.
     fn in_filtered_child(body: fn() -> i32) -> libc::c_int {
-        let prog = filter(&NONE, SeccompAction::KillProcess).unwrap();
-        seccomp::in_filtered_child(&prog, body)
+        in_confined_child(&NONE, body)
     }
 
     #[test]
@@ -208,8 +217,7 @@ mod tests {
             syscalls: &[libc::SYS_getppid],
             ioctls: &[libc::TIOCSTI],
         };
-        let prog = filter(&EXTRAS, SeccompAction::KillProcess).unwrap();
-        let status = seccomp::in_filtered_child(&prog, || {
+        let status = in_confined_child(&EXTRAS, || {
             // SAFETY: getppid(2) takes no arguments.
             let ppid = unsafe { libc::getppid() };
             // SAFETY: TIOCSTI on an invalid fd: allowed, fails with EBADF.
