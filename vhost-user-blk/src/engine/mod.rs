@@ -208,3 +208,6 @@ impl BlockEngine for Engine {
         each!(self, e => e.wait())
     }
 }
+
+#[cfg(test)]
+mod tests;
