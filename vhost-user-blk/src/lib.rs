@@ -5,7 +5,7 @@
 //! Where things live: `cli` (options and help) → `config` (validation) →
 //! `disk` (open the image; `qcow2_chain` and `chain` open a qcow2 image's backing chain and data file, only where `--backing-dir`/`--backing`/`--data-file` allow) → `serve` (listener loop, a fresh `backend` per
 //! connection) → `worker` (one per queue: ring → requests → completions) →
-//! `engine` (io_uring or qcow2); `inflight_relay` (INFLIGHT_SHMFD: the relay in front of vhost-user-backend, on `private_socket`); `checked_vring` (refuses bad SET_VRING_NUM sizes); `memguard` (short or truncated guest memory files); `privileges` (`--user`); `sandbox` (this daemon's syscalls and image files for `vhost_user_daemon::sandbox`).
+//! `engine` (the `BlockEngine` seam: raw io_uring, qcow2, null); `inflight_relay` (INFLIGHT_SHMFD: the relay in front of vhost-user-backend, on `private_socket`); `checked_vring` (refuses bad SET_VRING_NUM sizes); `memguard` (short or truncated guest memory files); `privileges` (`--user`); `sandbox` (this daemon's syscalls and image files for `vhost_user_daemon::sandbox`).
 
 pub mod backend;
 pub mod chain;

@@ -1,14 +1,18 @@
 //! qcow2 requests, executed synchronously through imago on the queue's
 //! worker thread (correctness first: one lock around the driver; guest
 //! buffers are handed to imago as vm-memory slices, no bounce copy here).
+//! Every request is `Done` when `submit` returns; there is no completion fd.
 
-use std::sync::Mutex;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use imago::io_buffers::{IoVector, IoVectorMut};
-use virtio_devices::block::{Request, RequestKind, Segment};
+use virtio_devices::block::{BlockStatus, Request, RequestKind, Segment};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
-use crate::disk::Qcow2Access;
+use super::{BlockEngine, Completion, EngineError, EngineParams, Mem, Reaped, Submitted};
+use crate::disk::{Disk, DiskBackend, Qcow2Access};
 
 /// A qcow2 request failed.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +26,71 @@ pub enum Qcow2Error {
     /// Another thread panicked while holding the driver.
     #[error("qcow2 driver lock poisoned")]
     Poisoned,
+}
+
+/// One queue's qcow2 engine (the driver and its lock are the disk's,
+/// shared by every queue).
+pub struct Qcow2Engine {
+    disk: Arc<Disk>,
+    writeback: Arc<AtomicBool>,
+    queue: usize,
+}
+
+impl Qcow2Engine {
+    /// Engine for queue `params.queue` of `disk`.
+    pub fn new(disk: &Arc<Disk>, params: &EngineParams) -> Self {
+        Qcow2Engine {
+            disk: Arc::clone(disk),
+            writeback: Arc::clone(&params.writeback),
+            queue: params.queue,
+        }
+    }
+}
+
+impl BlockEngine for Qcow2Engine {
+    fn submit(
+        &mut self,
+        mem: &Arc<Mem>,
+        kind: &RequestKind,
+        _token: u64,
+    ) -> Result<Submitted, EngineError> {
+        let cache = self.disk.cache;
+        let DiskBackend::Qcow2(access) = &self.disk.backend else {
+            // Never built for another backend (see `Engine::new`).
+            return Ok(Submitted::Done(Completion::io_err()));
+        };
+        if matches!(kind, RequestKind::Flush) && !cache.flush_syncs() {
+            return Ok(Submitted::Done(Completion::ok(0)));
+        }
+        let write_through = cache.dsync() || !self.writeback.load(Ordering::Relaxed);
+        let (status, n) = match execute(access, mem, kind, cache.flush_syncs(), write_through) {
+            Ok(n) => (BlockStatus::Ok, n),
+            Err(e) => {
+                log::warn!("qcow2_error queue={} error=\"{e}\"", self.queue);
+                (BlockStatus::IoErr, 0)
+            }
+        };
+        let len = if matches!(kind, RequestKind::Read { .. }) {
+            n
+        } else {
+            0
+        };
+        Ok(Submitted::Done(Completion { status, len }))
+    }
+
+    fn commit(&mut self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    fn completion_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    fn reap(&mut self, _out: &mut Vec<Reaped>) {}
+
+    fn wait(&mut self) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// Execute `kind` against the image; returns the bytes moved to or from the

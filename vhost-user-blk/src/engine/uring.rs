@@ -6,15 +6,8 @@
 //!
 //! Reads and writes are `readv`/`writev` whose iovecs point straight into
 //! guest memory (no bounce buffer); completions wake the queue's worker
-//! through an eventfd registered with the ring. With the page cache in use,
-//! a read or write is first tried inline with `RWF_NOWAIT` (served from or
-//! into the page cache without blocking) and only goes to the ring when the
-//! kernel says it would block: buffered writes submitted to io_uring are
-//! punted to io-wq threads, which costs several times the inline path.
-//! Filesystems without buffered `RWF_NOWAIT` writes (ext4 answers
-//! EOPNOTSUPP) get plain inline page-cache writes instead when the cache mode
-//! allows it (writeback/unsafe: a 4 KiB page-cache copy is cheaper than the
-//! io-wq round trip; measured 25k vs ~50k+ IOPS at QD1, see the bench).
+//! through an eventfd registered with the ring. (Reads and writes the page
+//! cache can serve are tried inline first: `raw_inline`.)
 
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -80,123 +73,27 @@ pub enum UringOp<'a> {
     },
 }
 
-/// How a read or write is tried before it goes to the ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Inline {
-    /// Straight to the ring (O_DIRECT: the ring is the fast path).
-    Off,
-    /// preadv2/pwritev2 with RWF_NOWAIT; EAGAIN → ring.
-    NoWait,
-    /// Plain synchronous pwritev2 (page-cache writes where RWF_NOWAIT is
-    /// unsupported).
-    Blocking,
-}
-
-/// Per-direction inline policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InlinePolicy {
-    /// Reads.
-    pub reads: Inline,
-    /// Writes.
-    pub writes: Inline,
-    /// Writes fall back to [`Inline::Blocking`] (not the ring) when the
-    /// filesystem refuses RWF_NOWAIT.
-    pub blocking_write_fallback: bool,
-}
-
-impl InlinePolicy {
-    /// Everything through the ring.
-    pub const OFF: InlinePolicy = InlinePolicy {
-        reads: Inline::Off,
-        writes: Inline::Off,
-        blocking_write_fallback: false,
-    };
-}
-
 /// A queue's io_uring and its completion eventfd.
 pub struct UringEngine {
     ring: IoUring,
     eventfd: EventFd,
     fd: RawFd,
-    policy: InlinePolicy,
 }
 
 impl UringEngine {
-    /// Ring for `entries` requests in flight against `fd`, trying reads and
-    /// writes inline first as `policy` says.
-    pub fn new(fd: RawFd, entries: u32, policy: InlinePolicy) -> Result<Self, UringError> {
+    /// Ring for `entries` requests in flight against `fd`.
+    pub fn new(fd: RawFd, entries: u32) -> Result<Self, UringError> {
         let ring = IoUring::new(entries.next_power_of_two()).map_err(UringError::Setup)?;
         let eventfd = EventFd::new(EFD_NONBLOCK).map_err(UringError::EventFd)?;
         ring.submitter()
             .register_eventfd(eventfd.as_raw_fd())
             .map_err(UringError::EventFd)?;
-        Ok(UringEngine {
-            ring,
-            eventfd,
-            fd,
-            policy,
-        })
+        Ok(UringEngine { ring, eventfd, fd })
     }
 
     /// The eventfd that becomes readable when completions are posted.
     pub fn eventfd(&self) -> RawFd {
         self.eventfd.as_raw_fd()
-    }
-
-    /// Try a read or write synchronously without blocking. `Some(result)`
-    /// means it is done (bytes or `-errno`); `None` means submit it to the ring.
-    pub fn try_inline(&mut self, op: &UringOp<'_>, expected: u64) -> Option<i64> {
-        let (read, iov, offset, mode) = match *op {
-            UringOp::Readv { iov, offset } => (true, iov, offset, self.policy.reads),
-            UringOp::Writev { iov, offset, dsync } if !dsync => {
-                (false, iov, offset, self.policy.writes)
-            }
-            _ => return None,
-        };
-        let flags = match mode {
-            Inline::Off => return None,
-            Inline::NoWait => libc::RWF_NOWAIT,
-            Inline::Blocking => 0,
-        };
-        let iovcnt = i32::try_from(iov.len()).ok()?;
-        let offset = i64::try_from(offset).ok()?;
-        // SAFETY: `iov` describes guest-memory buffers the caller keeps mapped
-        // for the duration of this call (they were validated against the
-        // memory table); the kernel only touches those ranges and `fd` is our
-        // open image.
-        let n = unsafe {
-            if read {
-                libc::preadv2(self.fd, iov.as_ptr(), iovcnt, offset, flags)
-            } else {
-                libc::pwritev2(self.fd, iov.as_ptr(), iovcnt, offset, flags)
-            }
-        };
-        if n >= 0 {
-            // A short transfer (page cache only partly populated) is redone
-            // whole by the ring; re-reading or re-writing the same bytes is
-            // harmless.
-            return (n as u64 == expected).then_some(n as i64);
-        }
-        let err = std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO);
-        match err {
-            libc::EAGAIN => None,
-            libc::EOPNOTSUPP | libc::EINVAL => {
-                // This file or kernel does not do RWF_NOWAIT here: stop trying.
-                if read {
-                    self.policy.reads = Inline::Off;
-                    None
-                } else if self.policy.blocking_write_fallback && mode == Inline::NoWait {
-                    self.policy.writes = Inline::Blocking;
-                    self.try_inline(op, expected)
-                } else {
-                    self.policy.writes = Inline::Off;
-                    None
-                }
-            }
-            other => Some(-i64::from(other)),
-        }
     }
 
     /// Queue `op` tagged `user_data`, submitting first if the ring is full.
@@ -292,6 +189,7 @@ impl UringEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::raw_inline::{Inline, InlineIo, InlinePolicy};
     use std::io::Write;
     use vmm_sys_util::tempfile::TempFile;
 
@@ -307,7 +205,8 @@ mod tests {
             writes: Inline::NoWait,
             blocking_write_fallback: true,
         };
-        let mut e = UringEngine::new(file.as_raw_fd(), 8, policy).unwrap();
+        let mut e = UringEngine::new(file.as_raw_fd(), 8).unwrap();
+        let mut inline = InlineIo::new(file.as_raw_fd(), policy);
         // Inline write (RWF_NOWAIT, or plain where the fs refuses it).
         let mut first = vec![0x5au8; 4096];
         let fv = [iov(&mut first)];
@@ -316,13 +215,13 @@ mod tests {
             offset: 0,
             dsync: false,
         };
-        assert_eq!(e.try_inline(&op, 4096), Some(4096));
+        assert_eq!(inline.try_inline(&op, 4096), Some(4096));
 
         // Inline read out of the (warm) page cache.
         let mut buf = vec![0u8; 4096];
         let v = [iov(&mut buf)];
         let op = UringOp::Readv { iov: &v, offset: 0 };
-        if let Some(n) = e.try_inline(&op, 4096) {
+        if let Some(n) = inline.try_inline(&op, 4096) {
             assert_eq!(n, 4096);
             assert!(buf.iter().all(|&b| b == 0x5a));
         }
