@@ -27,6 +27,15 @@ pub struct CpioWriter<W: Write> {
     written: u64,
 }
 
+impl<W: Write> std::fmt::Debug for CpioWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpioWriter")
+            .field("ino", &self.ino)
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<W: Write> CpioWriter<W> {
     pub fn new(out: W) -> Self {
         Self {

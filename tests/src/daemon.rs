@@ -29,6 +29,16 @@ pub struct Daemon {
     log: PathBuf,
 }
 
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("name", &self.name)
+            .field("pid", &self.child.id())
+            .field("log", &self.log)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Daemon {
     /// Starts `cmd` with stdout/stderr to `log` and waits until `socket`
     /// exists.
@@ -83,7 +93,7 @@ impl Daemon {
 
     /// Sends SIGTERM and waits up to `timeout` for a clean exit.
     pub fn terminate(mut self, timeout: Duration) -> Option<ExitStatus> {
-        let pid = self.child.id() as libc::pid_t;
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pids fit pid_t");
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let deadline = Instant::now() + timeout;

@@ -250,7 +250,9 @@ fn has_interpreter(elf: &[u8]) -> bool {
     let (Some(phoff), Some(entsize), Some(num)) = (rd(0x20, 8), rd(0x36, 2), rd(0x38, 2)) else {
         return false;
     };
-    let phoff = u64::from_le_bytes(phoff.try_into().unwrap_or([0; 8])) as usize;
+    let Ok(phoff) = usize::try_from(u64::from_le_bytes(phoff.try_into().unwrap_or([0; 8]))) else {
+        return false;
+    };
     let entsize = usize::from(u16::from_le_bytes([entsize[0], entsize[1]]));
     let num = usize::from(u16::from_le_bytes([num[0], num[1]]));
     (0..num).any(|i| {

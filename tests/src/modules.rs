@@ -32,6 +32,7 @@ pub struct Module {
 }
 
 /// Index of a kernel's module tree.
+#[derive(Debug)]
 pub struct ModuleTree {
     by_name: HashMap<String, PathBuf>,
 }

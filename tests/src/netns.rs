@@ -19,6 +19,7 @@ pub enum NetNsError {
 }
 
 /// A named network namespace, deleted on drop.
+#[derive(Debug)]
 pub struct NetNs {
     name: String,
 }

@@ -190,6 +190,7 @@ pub fn wait_in_flight(pid: u32, timeout: Duration) -> bool {
 
 /// A small deterministic generator for kill timings (seed printed by the
 /// test, so a failing schedule can be replayed).
+#[derive(Debug)]
 pub struct Schedule(u64);
 
 impl Schedule {
@@ -197,7 +198,7 @@ impl Schedule {
     pub fn from_clock() -> Schedule {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
+            .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         Schedule(nanos | 1)
     }
 
@@ -226,10 +227,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let img = dir.join("img");
         let iterations = [150u64, 3, 16, 0];
-        let mut data = vec![0u8; (BLOCKS as usize + 1) * BLOCK];
+        let mut data = vec![0u8; (usize::try_from(BLOCKS).unwrap() + 1) * BLOCK];
         for (w, &n) in (0u64..).zip(&iterations) {
             for i in 0..n {
-                let b = (1 + w * PER_WORKER + i % PER_WORKER) as usize;
+                let b = usize::try_from(1 + w * PER_WORKER + i % PER_WORKER).unwrap();
                 data[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(&block_pattern(w, i));
             }
         }

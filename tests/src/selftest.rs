@@ -105,14 +105,16 @@ pub fn md5_of(data: &[u8]) -> Result<String, SelfTestError> {
 pub fn host_a(kernel: &GuestKernel, work: &Path) -> Result<Report, SelfTestError> {
     let start = Instant::now();
     const MIB: u64 = 1 << 20;
+    /// The same, as a length.
+    const MIB_LEN: usize = 1 << 20;
     let image = work.join("disk.raw");
     let file = std::fs::File::create(&image).map_err(|e| SelfTestError::Io(image.clone(), e))?;
     file.set_len(64 * MIB)
         .map_err(|e| SelfTestError::Io(image.clone(), e))?;
     drop(file);
-    let host_pattern = pattern(MIB as usize, "HOST");
+    let host_pattern = pattern(MIB_LEN, "HOST");
     write_at(&image, 4 * MIB, &host_pattern)?;
-    let guest_pattern = pattern(4 * MIB as usize, "GUEST");
+    let guest_pattern = pattern(4 * MIB_LEN, "GUEST");
 
     let sock = work.join("qsd-blk.sock");
     let mut qsd = Command::new("qemu-storage-daemon");

@@ -36,6 +36,16 @@ pub struct Responder {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("wire_port", &self.wire_port)
+            .field("nic_port", &self.nic_port)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The responder's MAC on the wire.
 pub const RESPONDER_MAC: [u8; 6] = [0x02, 0x56, 0x49, 0x41, 0x44, 0x01];
 
@@ -52,7 +62,8 @@ fn csum(data: &[u8]) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    !(sum as u16)
+    // Folded to 16 bits just above.
+    !((sum & 0xffff) as u16)
 }
 
 /// The reply to one frame, if it is an ARP request or ICMP echo for `ip`.

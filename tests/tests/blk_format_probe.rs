@@ -21,10 +21,12 @@ use guest_kit::provision;
 use guest_kit::selftest::md5_of;
 
 const MIB: u64 = 1 << 20;
+/// The same, as a length.
+const MIB_LEN: usize = 1 << 20;
 /// Disk size (also the header's virtual size).
 const DISK: u64 = 64 * MIB;
 /// What the guest reads back after the restart.
-const READ_BACK: usize = MIB as usize;
+const READ_BACK: usize = MIB_LEN;
 /// The guest's "header written, restart me" mark, at 32 MiB.
 const READY: &[u8] = b"READY-FOR-RESTART";
 const READY_AT: u64 = 32 * MIB;
@@ -96,7 +98,7 @@ fn guest_written_qcow2_header_never_exposes_a_host_file() {
     let secret_bytes: Vec<u8> = format!("{secret_tag}\n")
         .bytes()
         .cycle()
-        .take(MIB as usize)
+        .take(MIB_LEN)
         .collect();
     std::fs::write(&secret, &secret_bytes).expect("secret");
 
@@ -164,7 +166,7 @@ fn guest_written_qcow2_header_never_exposes_a_host_file() {
         "the guest's header is not in the image"
     );
     // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(daemon.pid() as libc::pid_t, libc::SIGKILL) };
+    unsafe { libc::kill(libc::pid_t::try_from(daemon.pid()).unwrap(), libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(10);
     while daemon.alive() {
         assert!(Instant::now() < deadline, "SIGKILLed daemon still alive");

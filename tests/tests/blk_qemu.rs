@@ -16,6 +16,8 @@ use guest_kit::qemu::GuestRun;
 use guest_kit::selftest::{md5_of, pattern, read_at, write_at};
 
 const MIB: u64 = 1 << 20;
+/// The same, as a length.
+const MIB_LEN: usize = 1 << 20;
 
 struct Env {
     kernel: GuestKernel,
@@ -91,9 +93,9 @@ fn guest_reads_and_writes_and_daemon_serves_a_second_boot() {
     let env = env("blk-rw");
     let image = env.work.join("disk.raw");
     raw_image(&image, 64 * MIB);
-    let host_pattern = pattern(MIB as usize, "HOST");
+    let host_pattern = pattern(MIB_LEN, "HOST");
     write_at(&image, 4 * MIB, &host_pattern).expect("host pattern");
-    let guest_pattern = pattern(4 * MIB as usize, "GUEST");
+    let guest_pattern = pattern(4 * MIB_LEN, "GUEST");
     let (mut d, sock) = daemon(&env, "blk", &["--blk-file", image.to_str().unwrap()]);
 
     for boot_no in 1..=2 {
@@ -140,7 +142,7 @@ fn two_queues_are_two_hardware_queues() {
     expect(
         &run,
         "read_md5",
-        &md5_of(&pattern(4 * MIB as usize, "GUEST")).unwrap(),
+        &md5_of(&pattern(4 * MIB_LEN, "GUEST")).unwrap(),
         &d,
     );
 }
@@ -187,7 +189,7 @@ fn discard_punches_a_hole() {
     let env = env("blk-discard");
     let image = env.work.join("disk.raw");
     raw_image(&image, 64 * MIB);
-    write_at(&image, 0, &pattern(32 * MIB as usize, "FULL")).unwrap();
+    write_at(&image, 0, &pattern(32 * MIB_LEN, "FULL")).unwrap();
     let before = allocated_bytes(&image);
     let (d, sock) = daemon(&env, "blk", &["--blk-file", image.to_str().unwrap()]);
     let run = boot(
@@ -209,7 +211,7 @@ sync
         "discard of 16 MiB left the image allocation at {after} bytes (was {before})"
     );
     assert!(
-        read_at(&image, 8 * MIB, MIB as usize)
+        read_at(&image, 8 * MIB, MIB_LEN)
             .unwrap()
             .iter()
             .all(|&b| b == 0)
@@ -255,12 +257,7 @@ result read_md5=$(dd if=/dev/vda bs=1M skip=3 count=1 2>/dev/null | md5sum | cut
     );
     expect(&run, "vda_bytes", &(64 * MIB).to_string(), &d);
     expect(&run, "write", "ok", &d);
-    expect(
-        &run,
-        "read_md5",
-        &md5_of(&vec![b'Z'; MIB as usize]).unwrap(),
-        &d,
-    );
+    expect(&run, "read_md5", &md5_of(&vec![b'Z'; MIB_LEN]).unwrap(), &d);
     let status = d.terminate(Duration::from_secs(10));
     assert!(
         status.is_some_and(|s| s.success()),

@@ -33,7 +33,7 @@ fn kills() -> usize {
 /// Guest seconds after which the loop stops on its own if the host never
 /// says so: far longer than the kill schedule (about a second a cycle).
 fn loop_secs(kills: usize) -> u32 {
-    120 + 5 * kills as u32
+    120 + 5 * u32::try_from(kills).unwrap()
 }
 
 fn start_daemon(image: &Path, sock: &Path, log: &Path) -> Daemon {
@@ -51,7 +51,7 @@ fn start_daemon(image: &Path, sock: &Path, log: &Path) -> Daemon {
 
 fn kill(d: &mut Daemon) {
     // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(d.pid() as libc::pid_t, libc::SIGKILL) };
+    unsafe { libc::kill(libc::pid_t::try_from(d.pid()).unwrap(), libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(10);
     while d.alive() {
         assert!(Instant::now() < deadline, "SIGKILLed daemon still alive");

@@ -101,7 +101,7 @@ result ping=${{n:-0}}
     )
     .expect("initramfs");
     let mut host = HostA::new(&kernel);
-    host.memory_mib(GUEST_MIB as u32)
+    host.memory_mib(u32::try_from(GUEST_MIB).unwrap())
         .hugetlbfs(huge.dir())
         .vhost_user_blk(&blk_sock, 1)
         .vhost_user_net(&net_sock, GUEST_MAC, 1);

@@ -138,7 +138,7 @@ fn count_big_frames(ifname: &str, mtu: usize, stop: Arc<AtomicBool>, big: Arc<At
         libc::socket(
             libc::AF_PACKET,
             libc::SOCK_RAW,
-            (libc::ETH_P_ALL as u16).to_be() as i32,
+            i32::from(u16::try_from(libc::ETH_P_ALL).unwrap().to_be()),
         )
     };
     assert!(
@@ -151,15 +151,15 @@ fn count_big_frames(ifname: &str, mtu: usize, stop: Arc<AtomicBool>, big: Arc<At
     let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
     // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-    sll.sll_ifindex = ifindex as i32;
+    sll.sll_family = u16::try_from(libc::AF_PACKET).unwrap();
+    sll.sll_protocol = u16::try_from(libc::ETH_P_ALL).unwrap().to_be();
+    sll.sll_ifindex = i32::try_from(ifindex).unwrap();
     // SAFETY: sll is a valid sockaddr_ll of the given size.
     let rc = unsafe {
         libc::bind(
             fd,
             (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap(),
         )
     };
     assert_eq!(
@@ -179,14 +179,14 @@ fn count_big_frames(ifname: &str, mtu: usize, stop: Arc<AtomicBool>, big: Arc<At
             libc::SOL_SOCKET,
             libc::SO_RCVTIMEO,
             (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
+            libc::socklen_t::try_from(std::mem::size_of::<libc::timeval>()).unwrap(),
         )
     };
     let mut buf = vec![0u8; 256];
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: buf is valid for buf.len() bytes; MSG_TRUNC returns the real length.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) };
-        if n > 0 && n as usize > mtu + 14 {
+        if usize::try_from(n).is_ok_and(|n| n > mtu + 14) {
             big.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -31,6 +31,8 @@ const VF_MAC_OPT: &str = "02:00:00:00:0a:02";
 const PF_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const PINGS: u32 = 20;
 const MIB: u64 = 1 << 20;
+/// The same, as a length.
+const MIB_LEN: usize = 1 << 20;
 
 /// What L2 does, by the tag L1 passes on its command line.
 const L2_SCENARIO: &str = r#"
@@ -291,7 +293,7 @@ fn vf_and_pf_nvme_passthrough_in_test_host_b() {
     );
     expect("pf_nvme", "1");
     expect("pf_nvme_write", "ok");
-    let nvme_pattern = pattern(4 * MIB as usize, "NVME");
+    let nvme_pattern = pattern(4 * MIB_LEN, "NVME");
     expect("pf_nvme_md5", &md5_of(&nvme_pattern).expect("md5"));
     let landed = read_at(&nvme, 8 * MIB, nvme_pattern.len()).expect("read NVMe image");
     assert!(
@@ -336,7 +338,7 @@ fn vf_and_pf_nvme_passthrough_in_test_host_b() {
     expect("intx_vmm_lines", "2");
     expect("intx_msi", "0");
     expect("intx_nvme_write", "ok");
-    let intx_pattern = pattern(MIB as usize, "INTX");
+    let intx_pattern = pattern(MIB_LEN, "INTX");
     expect("intx_nvme_md5", &md5_of(&intx_pattern).expect("md5"));
     expect("intx_nvme_read_md5", &md5_of(&intx_pattern).expect("md5"));
     let landed = read_at(&nvme, 40 * MIB, intx_pattern.len()).expect("read NVMe image");

@@ -133,10 +133,13 @@ impl SlotAllocator {
 }
 
 /// One area of a BAR mapped into the VMM.
+#[derive(Debug)]
 struct MappedArea {
     bar: usize,
     area: Area,
     hva: usize,
+    /// The length passed to mmap (`area.size`, which fits in a usize).
+    len: usize,
     /// (slot, guest address) while the area is in the guest.
     placed: Option<(u32, u64)>,
 }
@@ -146,6 +149,14 @@ pub struct BarMaps {
     vm: Arc<VmFd>,
     slots: Arc<Mutex<SlotAllocator>>,
     areas: Vec<MappedArea>,
+}
+
+impl std::fmt::Debug for BarMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BarMaps")
+            .field("areas", &self.areas)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BarMaps {
@@ -197,6 +208,7 @@ impl BarMaps {
             bar,
             area,
             hva: p as usize,
+            len,
             placed: None,
         });
         Ok(())
@@ -288,9 +300,9 @@ impl Drop for BarMaps {
     fn drop(&mut self) {
         let _ = self.reconcile(&[]);
         for a in self.areas.drain(..) {
-            // SAFETY: `hva`/size is exactly a mapping made in `mmap` and
+            // SAFETY: `hva`/`len` is exactly a mapping made in `mmap` and
             // no longer in any KVM slot (reconcile above removed them).
-            unsafe { libc::munmap(a.hva as *mut libc::c_void, a.area.size as usize) };
+            unsafe { libc::munmap(a.hva as *mut libc::c_void, a.len) };
         }
     }
 }

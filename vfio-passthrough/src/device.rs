@@ -140,6 +140,21 @@ pub struct VfioPciDevice {
     trapped_writes: u64,
 }
 
+impl std::fmt::Debug for VfioPciDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfioPciDevice")
+            .field("name", &self.name)
+            .field("bar_sizes", &self.bar_sizes)
+            .field("maps", &self.maps)
+            .field("msix", &self.msix)
+            .field("msi", &self.msi)
+            .field("intx", &self.intx)
+            .field("trapped_reads", &self.trapped_reads)
+            .field("trapped_writes", &self.trapped_writes)
+            .finish_non_exhaustive()
+    }
+}
+
 impl VfioPciDevice {
     /// Builds the model of an opened (and reset) device. `routes` gives
     /// MSI routes for a number of vectors (called for MSI-X and for MSI);
@@ -156,8 +171,9 @@ impl VfioPciDevice {
         intx_gsi: &dyn Fn(u8) -> Option<u32>,
     ) -> Result<Self, DeviceError> {
         let mut bar_sizes = [0u64; 6];
-        for (i, s) in bar_sizes.iter_mut().enumerate() {
-            *s = dev.get_region_size(i as u32);
+        // VFIO's regions 0-5 are the BARs.
+        for (i, s) in (0u32..).zip(bar_sizes.iter_mut()) {
+            *s = dev.get_region_size(i);
         }
         let cfg_size = dev.get_region_size(VFIO_PCI_CONFIG_REGION_INDEX);
         let mut config =
@@ -166,7 +182,10 @@ impl VfioPciDevice {
         let layout = config.msix();
         let mut maps = BarMaps::new(vm.clone(), slots);
         for bar in config.bars() {
-            let i = bar.index as u32;
+            // A BAR number (0-5) is its VFIO region index.
+            let Ok(i) = u32::try_from(bar.index) else {
+                continue;
+            };
             let mmap = dev.get_region_flags(i) & VFIO_REGION_INFO_FLAG_MMAP != 0;
             let caps = dev.get_region_caps(i);
             let sparse: Option<Vec<Area>> = caps.iter().find_map(|c| match c {
@@ -345,12 +364,18 @@ impl VfioPciDevice {
         }
     }
 
-    fn region_ok(&self, bar: usize, offset: u64, len: usize) -> bool {
-        matches!(len, 1 | 2 | 4 | 8)
+    /// The VFIO region index of BAR `bar` if an access of `len` bytes at
+    /// `offset` lies inside it.
+    fn region_of(&self, bar: usize, offset: u64, len: usize) -> Option<u32> {
+        let inside = matches!(len, 1 | 2 | 4 | 8)
             && self
                 .bar_sizes
                 .get(bar)
-                .is_some_and(|s| offset.checked_add(len as u64).is_some_and(|e| e <= *s))
+                .is_some_and(|s| offset.checked_add(len as u64).is_some_and(|e| e <= *s));
+        if !inside {
+            return None;
+        }
+        u32::try_from(bar).ok()
     }
 
     /// Ends the device's part in the VM: MSI-X off, BARs out of the guest,
@@ -437,21 +462,22 @@ impl PciDevice for VfioPciDevice {
 
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
         self.trapped_reads += 1;
-        let ok = self.region_ok(bar, offset, data.len());
+        let region = self.region_of(bar, offset, data.len());
         match (target(self.config.msix(), bar, offset), &mut self.msix) {
             (Target::Table(o), Some(m)) => m.table_read(o, data),
             (Target::Pba(o), Some(m)) => m.pba_read(o, data),
-            _ if ok => {
+            _ => {
                 data.fill(0xff);
-                self.dev.region_read(bar as u32, data, offset);
+                if let Some(region) = region {
+                    self.dev.region_read(region, data, offset);
+                }
             }
-            _ => data.fill(0xff),
         }
     }
 
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
         self.trapped_writes += 1;
-        let ok = self.region_ok(bar, offset, data.len());
+        let region = self.region_of(bar, offset, data.len());
         match (target(self.config.msix(), bar, offset), &mut self.msix) {
             (Target::Table(o), Some(m)) => {
                 if let Err(e) = m.table_write(o, data) {
@@ -459,10 +485,11 @@ impl PciDevice for VfioPciDevice {
                 }
             }
             (Target::Pba(_), _) => {}
-            _ if ok => {
-                self.dev.region_write(bar as u32, data, offset);
+            _ => {
+                if let Some(region) = region {
+                    self.dev.region_write(region, data, offset);
+                }
             }
-            _ => {}
         }
     }
 

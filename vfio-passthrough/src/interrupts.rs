@@ -47,6 +47,16 @@ pub struct MsixInterrupts {
     device_enabled: bool,
 }
 
+impl std::fmt::Debug for MsixInterrupts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The table itself (up to 2048 entries) is left out.
+        f.debug_struct("MsixInterrupts")
+            .field("vectors", &self.msix.vectors())
+            .field("device_enabled", &self.device_enabled)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Whether an eventfd has a count waiting (without consuming it).
 fn signalled(evt: &EventFd) -> bool {
     let mut pfd = libc::pollfd {
@@ -139,7 +149,10 @@ impl MsixInterrupts {
         let first = (offset / 8).saturating_mul(64);
         let last = first.saturating_add(64).min(u64::from(self.msix.vectors()));
         for v in first..last {
-            let v = v as u16;
+            // `last` is at most `vectors()`, a u16.
+            let Ok(v) = u16::try_from(v) else {
+                break;
+            };
             let pending = self.msix.masked(v) && self.routes.notifier(v).is_some_and(signalled);
             self.msix.set_pending(v, pending);
         }

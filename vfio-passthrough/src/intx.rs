@@ -30,6 +30,15 @@ pub struct IntxInterrupts {
     enabled: bool,
 }
 
+impl std::fmt::Debug for IntxInterrupts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntxInterrupts")
+            .field("gsi", &self.gsi)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
 impl IntxInterrupts {
     /// A line on `gsi` (not yet enabled in the device).
     pub fn new(gsi: u32, backend: Box<dyn IntxBackend>) -> std::io::Result<Self> {

@@ -26,6 +26,14 @@ pub struct MsiInterrupts {
     device_vectors: u16,
 }
 
+impl std::fmt::Debug for MsiInterrupts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MsiInterrupts")
+            .field("device_vectors", &self.device_vectors)
+            .finish_non_exhaustive()
+    }
+}
+
 impl MsiInterrupts {
     /// `routes` must cover the capability's maximum number of vectors.
     pub fn new(routes: Box<dyn MsiRoutes>, backend: Box<dyn MsiBackend>) -> Self {

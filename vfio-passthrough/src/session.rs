@@ -66,6 +66,16 @@ pub struct VfioSession {
     devices: Vec<Arc<Mutex<VfioPciDevice>>>,
 }
 
+impl std::fmt::Debug for VfioSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfioSession")
+            .field("ram", &self.ram)
+            .field("dma", &self.dma)
+            .field("devices", &self.devices.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl VfioSession {
     /// Creates the container for `vm`; memory slots from `first_slot` up
     /// are used for BAR mappings.

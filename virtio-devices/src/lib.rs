@@ -7,9 +7,11 @@
 //! validated, a net header is checked, from plain guest-memory buffers, so
 //! unit tests drive them with mock rings. What the daemons share around
 //! vhost-user-backend lives in the `vhost-user-daemon` crate. Feature
-//! `seccomp`: the seccomp mode both daemons and viaduct take.
+//! `seccomp`: the seccomp mode both daemons and viaduct take. `narrow`:
+//! virtio-bindings constants narrowed to their field's width at compile time.
 
 pub mod block;
+pub mod narrow;
 pub mod net;
 #[cfg(feature = "seccomp")]
 pub mod seccomp;

@@ -33,6 +33,16 @@ pub struct Watched {
     ctrl_kick: Option<EventFd>,
 }
 
+impl std::fmt::Debug for Watched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watched")
+            .field("id", &self.id)
+            .field("fd", &self.fd)
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What an epoll token of ours means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -50,6 +60,7 @@ const MAX_DEVICES: u64 = 0x100;
 /// All of them, with epoll tokens `base + index` (hang-ups),
 /// `base + MAX_DEVICES + index` (ring errors) and
 /// `base + 2 * MAX_DEVICES + index` (control-queue kicks).
+#[derive(Debug)]
 pub struct Backends {
     list: Vec<Watched>,
     base: u64,

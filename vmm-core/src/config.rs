@@ -266,10 +266,9 @@ pub fn parse_serial(spec: &str) -> Result<SerialMode, ConfigError> {
 
 /// Checks `--cpus`.
 pub fn check_cpus(n: u32) -> Result<u8, ConfigError> {
-    if (1..=MAX_CPUS).contains(&n) {
-        Ok(n as u8)
-    } else {
-        Err(ConfigError::Cpus(n))
+    match u8::try_from(n) {
+        Ok(cpus) if (1..=MAX_CPUS).contains(&n) => Ok(cpus),
+        _ => Err(ConfigError::Cpus(n)),
     }
 }
 

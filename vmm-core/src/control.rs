@@ -31,6 +31,16 @@ pub struct DeviceEntry {
     pub notify_exits: Arc<AtomicU64>,
 }
 
+impl std::fmt::Debug for DeviceEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceEntry")
+            .field("id", &self.id)
+            .field("pci", &self.pci)
+            .field("notify_exits", &self.notify_exits)
+            .finish_non_exhaustive()
+    }
+}
+
 impl DeviceEntry {
     fn describe(&self) -> Value {
         let status = self
@@ -73,6 +83,18 @@ pub struct VmController {
     pub memory_bytes: u64,
     pub started: Instant,
     clock: Mutex<Option<kvm_clock_data>>,
+}
+
+impl std::fmt::Debug for VmController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmController")
+            .field("cpus", &self.cpus)
+            .field("memory_bytes", &self.memory_bytes)
+            .field("devices", &self.devices)
+            .field("passthrough", &self.passthrough)
+            .field("lifecycle", &self.lifecycle)
+            .finish_non_exhaustive()
+    }
 }
 
 impl VmController {
@@ -132,7 +154,7 @@ impl VmControl for VmController {
             "state": state,
             "vcpus": self.cpus,
             "memory_mib": self.memory_bytes >> 20,
-            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "uptime_ms": u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "exits": self.exits.snapshot(),
             "devices": self.devices.iter().map(DeviceEntry::describe).collect::<Vec<_>>(),
             "passthrough": self.passthrough,

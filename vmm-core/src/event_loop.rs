@@ -38,6 +38,16 @@ pub struct Sources<'a> {
     pub backends: Backends,
 }
 
+impl std::fmt::Debug for Sources<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources")
+            .field("serial", &self.serial.is_some())
+            .field("api", &self.api.as_ref().map(|(server, _)| server))
+            .field("backends", &self.backends)
+            .finish()
+    }
+}
+
 fn add(epoll: &Epoll, fd: i32, token: u64) -> Result<(), EventLoopError> {
     epoll
         .ctl(
@@ -67,7 +77,7 @@ pub fn run(lifecycle: &Lifecycle, mut src: Sources) -> Result<(), EventLoopError
             return Ok(());
         }
         let timeout = if src.backends.any_lost() {
-            RETRY_EVERY.as_millis() as i32
+            i32::try_from(RETRY_EVERY.as_millis()).unwrap_or(i32::MAX)
         } else {
             -1
         };

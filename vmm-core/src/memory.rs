@@ -93,14 +93,13 @@ impl GuestRam {
             .map_err(|e| MemoryError::Truncate(size, e))?;
         let ranges = ram_ranges(size);
         let shared = std::sync::Arc::new(memfd.try_clone().map_err(MemoryError::Memfd)?);
-        let mem = GuestMemoryMmap::from_ranges_with_files(ranges.iter().map(|r| {
-            (
-                GuestAddress(r.guest_addr),
-                r.size as usize,
-                Some(FileOffset::from_arc(shared.clone(), r.file_offset)),
-            )
-        }))
-        .map_err(MemoryError::Map)?;
+        let mut regions = Vec::with_capacity(ranges.len());
+        for r in &ranges {
+            let len = usize::try_from(r.size).map_err(|_| MemoryError::TooLarge(size))?;
+            let file = FileOffset::from_arc(shared.clone(), r.file_offset);
+            regions.push((GuestAddress(r.guest_addr), len, Some(file)));
+        }
+        let mem = GuestMemoryMmap::from_ranges_with_files(regions).map_err(MemoryError::Map)?;
         Ok(Self { mem, memfd, ranges })
     }
 

@@ -35,12 +35,13 @@ pub enum VfioError {
 
 /// The VM's passthrough devices, shut down (reset, DMA unmapped) when the
 /// guest has ended.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Passthrough {
     session: Mutex<Option<VfioSession>>,
 }
 
 /// Where passed-through functions go on the VM's PCI bus.
+#[derive(Debug)]
 pub struct PciPlacement<'a> {
     pub root: &'a mut PciRoot,
     /// BAR window (passthrough BARs may be 32-bit only).
@@ -88,8 +89,9 @@ impl Passthrough {
         let mut session = unsafe { VfioSession::new(vmfd.clone(), ram, FIRST_BAR_SLOT) }
             .map_err(|e| VfioError::Session(first.bdf.clone(), e))?;
         for (i, spec) in specs.iter().enumerate() {
-            let slot = first_slot
-                .checked_add(i as u8)
+            let slot = u8::try_from(i)
+                .ok()
+                .and_then(|i| first_slot.checked_add(i))
                 .ok_or(PciRootError::Slot(u8::MAX))?;
             let vmfd = vmfd.clone();
             let routing = routing.clone();

@@ -78,6 +78,18 @@ pub struct Vm {
     pub pause: Arc<PauseControl>,
 }
 
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("ram", &self.ram)
+            .field("pio", &self.pio)
+            .field("mmio", &self.mmio)
+            .field("passthrough", &self.passthrough)
+            .field("lifecycle", &self.lifecycle)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Vm {
     /// Creates the VM, its interrupt controllers, PIT and RAM.
     pub fn new(memory: MemoryConfig) -> Result<Self, VmError> {
@@ -85,7 +97,7 @@ impl Vm {
         let fd = kvm
             .create_vm()
             .map_err(|e| VmError::KvmCall("CREATE_VM", e))?;
-        fd.set_tss_address(layout::KVM_TSS_ADDR as usize)
+        fd.set_tss_address(const { layout::addr32(layout::KVM_TSS_ADDR) } as usize)
             .map_err(|e| VmError::KvmCall("SET_TSS_ADDR", e))?;
         fd.create_irq_chip()
             .map_err(|e| VmError::KvmCall("CREATE_IRQCHIP", e))?;
@@ -96,13 +108,13 @@ impl Vm {
         fd.create_pit2(pit)
             .map_err(|e| VmError::KvmCall("CREATE_PIT2", e))?;
         let ram = GuestRam::new(memory.size, memory.hugepages)?;
-        for (slot, region) in ram.mem.iter().enumerate() {
+        for (slot, region) in (0u32..).zip(ram.mem.iter()) {
             let host = ram
                 .mem
                 .get_host_address(region.start_addr())
                 .map_err(|_| VmError::NoHostMapping(region.start_addr().0))?;
             let mr = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot,
                 flags: 0,
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),

@@ -115,7 +115,7 @@ fn read_a_sector(backend: Backend, tag: &str) {
     let image = dir.join("disk.raw");
     let f = std::fs::File::create(&image).unwrap();
     f.set_len(16 << 20).unwrap();
-    let pattern: Vec<u8> = (0..512u32).map(|i| (i * 7 + 3) as u8).collect();
+    let pattern: Vec<u8> = (0..512u32).map(|i| ((i * 7 + 3) & 0xff) as u8).collect();
     f.write_all_at(&pattern, 8 * 512).unwrap();
     let sock = dir.join("blk.sock");
     let _daemon = start(&backend, &image, &sock);
@@ -175,7 +175,8 @@ fn read_a_sector(backend: Backend, tag: &str) {
         m.write_obj(addr, d).unwrap();
         m.write_obj(len, d.unchecked_add(8)).unwrap();
         m.write_obj(flags, d.unchecked_add(12)).unwrap();
-        m.write_obj(i as u16 + 1, d.unchecked_add(14)).unwrap();
+        m.write_obj(u16::try_from(i).unwrap() + 1, d.unchecked_add(14))
+            .unwrap();
     }
     m.write_obj(0u16, GuestAddress(AVAIL + 4)).unwrap(); // ring[0] = head 0
     m.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap(); // idx = 1

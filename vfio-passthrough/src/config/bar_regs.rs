@@ -48,7 +48,7 @@ impl VirtualConfig {
         let mut bars = [Bar::UNUSED; NUM_BARS];
         let mut i = 0;
         while i < NUM_BARS {
-            let reg = le32(raw, BAR0 as usize + 4 * i);
+            let reg = le32(raw, BAR0 + 4 * i as u64);
             let size = sizes[i];
             let io = reg & 1 != 0;
             let prefetch = reg & 0x8 != 0;
@@ -105,7 +105,9 @@ impl VirtualConfig {
     pub(super) fn bar_reg(&self, reg: usize) -> u32 {
         let b = self.bars[reg];
         match b.kind {
-            BarKind::Mem32 { .. } | BarKind::Mem64 { .. } => (b.addr as u32 & !0xf) | b.flags(),
+            BarKind::Mem32 { .. } | BarKind::Mem64 { .. } => {
+                ((b.addr & 0xffff_fff0) as u32) | b.flags()
+            }
             BarKind::Unused => match reg.checked_sub(1).map(|r| self.bars[r]) {
                 Some(
                     lo @ Bar {

@@ -6,7 +6,8 @@
 use pci::msi_cap::MsiCap;
 
 use super::{
-    CAP_MSI, CAP_MSIX, CAP_PTR, EXT_SIZE, HIDDEN_ECAPS, KEPT_CAPS, STD_SIZE, VirtualConfig, le32,
+    CAP_MSI, CAP_MSIX, CAP_PTR, EXT_SIZE, HIDDEN_ECAPS, KEPT_CAPS, STD_SIZE, VirtualConfig,
+    byte_at, le32,
 };
 use crate::cap_extent::{HiddenRanges, ext_extent, std_extent};
 
@@ -45,13 +46,14 @@ pub(super) struct StdCaps {
 impl VirtualConfig {
     pub(super) fn filter_std_caps(raw: &[u8], keep_msix: bool) -> StdCaps {
         let status = u16::from_le_bytes([raw[6], raw[7]]);
-        let mut kept = Vec::new();
+        // Pointers of the capabilities kept, in list order.
+        let mut kept: Vec<u8> = Vec::new();
         let mut msix = None;
         let mut msi = None;
         // (offset, id) of every capability on the device's list.
         let mut listed: Vec<(u64, u8)> = Vec::new();
         if status & 0x10 != 0 {
-            let mut ptr = raw[CAP_PTR as usize] & 0xfc;
+            let mut ptr = byte_at(raw, CAP_PTR).unwrap_or(0) & 0xfc;
             let mut seen = Vec::new();
             // 48 capabilities at most fit in 192 bytes; a loop ends here.
             for _ in 0..48 {
@@ -67,15 +69,15 @@ impl VirtualConfig {
                     // Kept only if its registers fit in the standard space.
                     msi = MsiCap::parse(raw, off as u64);
                     if msi.is_some() {
-                        kept.push(off as u64);
+                        kept.push(ptr);
                     }
                 } else if KEPT_CAPS.contains(&id) && !hidden {
-                    kept.push(off as u64);
+                    kept.push(ptr);
                 }
                 if id == CAP_MSIX && !hidden && off + 12 <= STD_SIZE {
                     let ctrl = u16::from_le_bytes([raw[off + 2], raw[off + 3]]);
-                    let table = le32(raw, off + 4);
-                    let pba = le32(raw, off + 8);
+                    let table = le32(raw, off as u64 + 4);
+                    let pba = le32(raw, off as u64 + 8);
                     msix = Some(MsixLayout {
                         cap: off as u64,
                         vectors: (ctrl & 0x7ff) + 1,
@@ -88,15 +90,16 @@ impl VirtualConfig {
                 ptr = raw[off + 1] & 0xfc;
             }
         }
-        let mut chain = Vec::with_capacity(kept.len());
-        for (i, off) in kept.iter().enumerate() {
-            let next = kept.get(i + 1).map_or(0, |n| *n as u8);
-            chain.push((*off, next));
+        let mut chain: Vec<(u64, u8)> = Vec::with_capacity(kept.len());
+        for (i, ptr) in kept.iter().enumerate() {
+            let next = kept.get(i + 1).copied().unwrap_or(0);
+            chain.push((u64::from(*ptr), next));
         }
-        let first = kept.first().map_or(0, |f| *f as u8);
+        let first = kept.first().copied().unwrap_or(0);
         let offsets: Vec<u64> = listed.iter().map(|(o, _)| *o).collect();
         let mut hidden = HiddenRanges::default();
-        for &(off, id) in listed.iter().filter(|(o, _)| !kept.contains(o)) {
+        let is_kept = |o: &u64| chain.iter().any(|(c, _)| c == o);
+        for &(off, id) in listed.iter().filter(|(o, _)| !is_kept(o)) {
             hidden.push(std_extent(raw, id, off, &offsets, STD_SIZE as u64));
         }
         StdCaps {
@@ -112,15 +115,15 @@ impl VirtualConfig {
     /// capabilities' extents to `hidden`.
     pub(super) fn filter_ext_caps(raw: &[u8], hidden: &mut HiddenRanges) -> Vec<(u64, u32)> {
         let mut all = Vec::new();
-        let mut off = 0x100usize;
+        let mut off = 0x100u64;
         // 4 KiB holds at most 960 four-byte headers; a loop ends here.
         for _ in 0..960 {
             let h = le32(raw, off);
-            if h == 0 || h == u32::MAX || all.iter().any(|(o, _)| *o == off as u64) {
+            if h == 0 || h == u32::MAX || all.iter().any(|(o, _)| *o == off) {
                 break;
             }
-            all.push((off as u64, h));
-            let next = ((h >> 20) & 0xffc) as usize;
+            all.push((off, h));
+            let next = u64::from((h >> 20) & 0xffc);
             if next < 0x100 {
                 break;
             }
@@ -141,15 +144,18 @@ impl VirtualConfig {
                 hidden.push(ext_extent(raw, id, *off, &offsets, EXT_SIZE as u64));
             }
         }
+        // A header's next pointer: the offsets above are dword-aligned and
+        // below 4 KiB (read through the 0xffc mask), so masking loses nothing.
+        let ptr = |off: u64| (off & 0xffc) as u32;
         let mut headers = Vec::new();
         for (i, (off, h)) in kept.iter().enumerate() {
-            let next = kept.get(i + 1).map_or(0, |n| n.0 as u32);
+            let next = kept.get(i + 1).map_or(0, |n| ptr(n.0));
             headers.push((*off, (h & 0x000f_ffff) | next << 20));
         }
         // The list must start at 0x100: a hidden first capability becomes
         // a null header that links to the first one kept.
         if kept.first().map(|k| k.0) != Some(0x100) {
-            let next = kept.first().map_or(0, |k| k.0 as u32);
+            let next = kept.first().map_or(0, |k| ptr(k.0));
             headers.push((0x100, next << 20));
         }
         // Hidden headers elsewhere read as zero, so a scan by offset finds nothing.

@@ -32,7 +32,8 @@ impl VirtualConfig {
 
     /// The value of one byte if the VMM owns it, `None` if the device does.
     fn virtual_byte(&self, off: u64) -> Option<u8> {
-        let byte_of = |v: u32, base: u64| v.to_le_bytes()[(off - base) as usize];
+        // `off` lies in the dword register at `base`.
+        let byte_of = |v: u32, base: u64| v.to_le_bytes()[((off - base) & 3) as usize];
         if (BAR0..BAR_END).contains(&off) {
             let reg = ((off - BAR0) / 4) as usize;
             return Some(byte_of(self.bar_reg(reg), BAR0 + reg as u64 * 4));

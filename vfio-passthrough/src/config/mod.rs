@@ -105,11 +105,21 @@ pub struct VirtualConfig {
     int_pin: u8,
 }
 
-fn le32(b: &[u8], off: usize) -> u32 {
-    match b.get(off..off + 4) {
+/// The dword at `off` of a raw configuration space image; all-ones past
+/// its end, as a missing device reads.
+fn le32(b: &[u8], off: u64) -> u32 {
+    let s = usize::try_from(off)
+        .ok()
+        .and_then(|o| b.get(o..o.checked_add(4)?));
+    match s {
         Some(s) => u32::from_le_bytes([s[0], s[1], s[2], s[3]]),
         None => u32::MAX,
     }
+}
+
+/// The byte at `off` of a raw configuration space image (`None` past its end).
+fn byte_at(b: &[u8], off: u64) -> Option<u8> {
+    b.get(usize::try_from(off).ok()?).copied()
 }
 
 impl VirtualConfig {
@@ -157,15 +167,16 @@ impl VirtualConfig {
         } = Self::filter_std_caps(&raw, keep_msix);
         let has_pcie = std_chain
             .iter()
-            .any(|(off, _)| raw.get(*off as usize) == Some(&CAP_PCIE));
+            .any(|(off, _)| byte_at(&raw, *off) == Some(CAP_PCIE));
         let ext_headers = if size == EXT_SIZE && has_pcie {
             Self::filter_ext_caps(&raw, &mut hidden)
         } else {
             Vec::new()
         };
         let msix_control = msix
-            .map(|m| {
-                u16::from_le_bytes([raw[m.cap as usize + 2], raw[m.cap as usize + 3]]) & 0x07ff
+            .and_then(|m| {
+                let ctrl = [byte_at(&raw, m.cap + 2)?, byte_at(&raw, m.cap + 3)?];
+                Some(u16::from_le_bytes(ctrl) & 0x07ff)
             })
             .unwrap_or(0);
         if let Some(m) = msix {
@@ -195,10 +206,9 @@ impl VirtualConfig {
             msix_control,
             msi: msi.map(MsiRegs::new),
             int_line: 0,
-            device_pin: match raw[INT_PIN as usize] {
-                p @ 1..=4 => p,
-                _ => 0,
-            },
+            device_pin: byte_at(&raw, INT_PIN)
+                .filter(|p| (1..=4).contains(p))
+                .unwrap_or(0),
             int_pin: 0,
         })
     }

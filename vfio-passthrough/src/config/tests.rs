@@ -13,12 +13,12 @@ struct Fake {
 impl ConfigSpace for Fake {
     fn read(&self, offset: u64, data: &mut [u8]) {
         let b = self.bytes.borrow();
-        let o = offset as usize;
+        let o = usize::try_from(offset).unwrap();
         data.copy_from_slice(&b[o..o + data.len()]);
     }
     fn write(&self, offset: u64, data: &[u8]) {
         self.writes.borrow_mut().push((offset, data.to_vec()));
-        let o = offset as usize;
+        let o = usize::try_from(offset).unwrap();
         self.bytes.borrow_mut()[o..o + data.len()].copy_from_slice(data);
     }
 }
@@ -151,7 +151,7 @@ fn msi_registers_are_emulated_and_msix_can_be_hidden() {
     let mut chain = vec![];
     let mut p = rd(&c, &d, 0x34, 1) as u64;
     while p != 0 {
-        chain.push(rd(&c, &d, p, 1) as u8);
+        chain.push(u8::try_from(rd(&c, &d, p, 1)).unwrap());
         p = rd(&c, &d, p + 1, 1) as u64;
     }
     assert_eq!(chain, vec![CAP_PM, CAP_MSI, CAP_PCIE], "MSI-X hidden");
@@ -185,7 +185,7 @@ fn capability_lists_are_filtered() {
     let mut chain = vec![];
     let mut p = rd(&c, &d, 0x34, 1) as u64;
     while p != 0 {
-        chain.push(rd(&c, &d, p, 1) as u8);
+        chain.push(u8::try_from(rd(&c, &d, p, 1)).unwrap());
         p = rd(&c, &d, p + 1, 1) as u64;
     }
     assert_eq!(

@@ -516,7 +516,8 @@ fn split_at(segs: &[Segment], at: u64) -> (Vec<Segment>, Vec<Segment>) {
         } else if remaining == 0 {
             tail.push(*seg);
         } else {
-            // 0 < remaining < len <= u32::MAX: the casts cannot truncate.
+            // 0 < remaining < len <= u32::MAX: the cast cannot truncate.
+            #[allow(clippy::cast_possible_truncation)]
             let first = remaining as u32;
             head.push(Segment {
                 addr: seg.addr,

@@ -2,6 +2,7 @@
 //! and every row of bad-inputs.md that applies to a block device.
 
 use super::*;
+use crate::narrow::u16_of;
 use virtio_bindings::bindings::virtio_ring::{
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
@@ -14,10 +15,10 @@ const MEM_SIZE: GuestUsize = 0x10_0000;
 const HDR: u64 = 0x1_0000;
 const DATA: u64 = 0x2_0000;
 const STATUS: u64 = 0x3_0000;
-const W: u16 = VRING_DESC_F_WRITE as u16;
+const W: u16 = u16_of(VRING_DESC_F_WRITE);
 
 fn mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), usize::try_from(MEM_SIZE).unwrap())]).unwrap()
 }
 
 fn limits() -> RequestLimits {
@@ -59,7 +60,9 @@ fn parse_chain(m: &GuestMemoryMmap, descs: &[RawDescriptor], l: &RequestLimits) 
 fn parse_raw(m: &GuestMemoryMmap, descs: &[RawDescriptor]) -> ParseOutcome {
     let vq = MockSplitQueue::create(m, GuestAddress(0), 16);
     for (i, d) in descs.iter().enumerate() {
-        vq.desc_table().store(i as u16, *d).unwrap();
+        vq.desc_table()
+            .store(u16::try_from(i).unwrap(), *d)
+            .unwrap();
     }
     vq.avail().ring().ref_at(0).unwrap().store(0);
     vq.avail().idx().store(1);
@@ -246,7 +249,7 @@ fn write_flush_get_id_discard_write_zeroes() {
 fn looping_chain_is_dropped() {
     let m = mem();
     header(&m, HDR, VIRTIO_BLK_T_IN, 0);
-    let next = VRING_DESC_F_NEXT as u16;
+    let next = u16_of(VRING_DESC_F_NEXT);
     let out = parse_raw(
         &m,
         &[
@@ -261,7 +264,7 @@ fn looping_chain_is_dropped() {
 fn next_index_past_queue_size_is_dropped() {
     let m = mem();
     header(&m, HDR, VIRTIO_BLK_T_IN, 0);
-    let next = VRING_DESC_F_NEXT as u16;
+    let next = u16_of(VRING_DESC_F_NEXT);
     let out = parse_raw(
         &m,
         &[RawDescriptor::from(Descriptor::new(HDR, 16, next, 16))],
@@ -274,7 +277,7 @@ fn nested_indirect_table_is_dropped() {
     let m = mem();
     let table = 0x4_0000u64;
     let inner = 0x5_0000u64;
-    let ind = VRING_DESC_F_INDIRECT as u16;
+    let ind = u16_of(VRING_DESC_F_INDIRECT);
     m.write_obj(Descriptor::new(inner, 16, ind, 0), GuestAddress(table))
         .unwrap();
     let out = parse_raw(
@@ -287,7 +290,7 @@ fn nested_indirect_table_is_dropped() {
 #[test]
 fn indirect_table_length_not_multiple_of_16_is_dropped() {
     let m = mem();
-    let ind = VRING_DESC_F_INDIRECT as u16;
+    let ind = u16_of(VRING_DESC_F_INDIRECT);
     let out = parse_raw(
         &m,
         &[RawDescriptor::from(Descriptor::new(0x4_0000, 24, ind, 0))],
@@ -300,7 +303,7 @@ fn indirect_table_is_followed() {
     let m = mem();
     header(&m, HDR, VIRTIO_BLK_T_IN, 0);
     let table = 0x4_0000u64;
-    let next = VRING_DESC_F_NEXT as u16;
+    let next = u16_of(VRING_DESC_F_NEXT);
     let entries = [
         Descriptor::new(HDR, 16, next, 1),
         Descriptor::new(DATA, 512, next | W, 2),
@@ -310,7 +313,7 @@ fn indirect_table_is_followed() {
         m.write_obj(*d, GuestAddress(table + 16 * i as u64))
             .unwrap();
     }
-    let ind = VRING_DESC_F_INDIRECT as u16;
+    let ind = u16_of(VRING_DESC_F_INDIRECT);
     let out = parse_raw(
         &m,
         &[RawDescriptor::from(Descriptor::new(table, 48, ind, 0))],

@@ -4,6 +4,8 @@ use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
 };
 
+use crate::narrow::u8_of;
+
 /// The status byte a device writes at the end of every request it completes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockStatus {
@@ -18,13 +20,14 @@ pub enum BlockStatus {
 impl BlockStatus {
     /// The byte written into the guest's status descriptor.
     pub fn as_byte(self) -> u8 {
-        // The bindings' constants are tiny; the cast cannot truncate.
-        let value = match self {
-            BlockStatus::Ok => VIRTIO_BLK_S_OK,
-            BlockStatus::IoErr => VIRTIO_BLK_S_IOERR,
-            BlockStatus::Unsupp => VIRTIO_BLK_S_UNSUPP,
-        };
-        value as u8
+        const OK: u8 = u8_of(VIRTIO_BLK_S_OK);
+        const IOERR: u8 = u8_of(VIRTIO_BLK_S_IOERR);
+        const UNSUPP: u8 = u8_of(VIRTIO_BLK_S_UNSUPP);
+        match self {
+            BlockStatus::Ok => OK,
+            BlockStatus::IoErr => IOERR,
+            BlockStatus::Unsupp => UNSUPP,
+        }
     }
 
     /// Status for a host I/O result in the io_uring convention (`>= 0` ok,

@@ -8,22 +8,24 @@
 use thiserror::Error;
 use virtio_bindings::bindings::virtio_net as vn;
 
+use crate::narrow::u8_of;
+
 use super::features::{
     CSUM, HDR_LEN_LEGACY, HDR_LEN_V1, HOST_ECN, HOST_TSO4, HOST_TSO6, HOST_UFO, HOST_USO,
 };
 
 /// `flags`: the frame carries a partial checksum to complete.
-pub const F_NEEDS_CSUM: u8 = vn::VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+pub const F_NEEDS_CSUM: u8 = u8_of(vn::VIRTIO_NET_HDR_F_NEEDS_CSUM);
 /// `flags`: the checksum was already validated (receive side only).
-pub const F_DATA_VALID: u8 = vn::VIRTIO_NET_HDR_F_DATA_VALID as u8;
+pub const F_DATA_VALID: u8 = u8_of(vn::VIRTIO_NET_HDR_F_DATA_VALID);
 /// `flags`: coalescing info (receive side, RSC_EXT only).
-pub const F_RSC_INFO: u8 = vn::VIRTIO_NET_HDR_F_RSC_INFO as u8;
-pub const GSO_NONE: u8 = vn::VIRTIO_NET_HDR_GSO_NONE as u8;
-pub const GSO_TCPV4: u8 = vn::VIRTIO_NET_HDR_GSO_TCPV4 as u8;
-pub const GSO_UDP: u8 = vn::VIRTIO_NET_HDR_GSO_UDP as u8;
-pub const GSO_TCPV6: u8 = vn::VIRTIO_NET_HDR_GSO_TCPV6 as u8;
-pub const GSO_UDP_L4: u8 = vn::VIRTIO_NET_HDR_GSO_UDP_L4 as u8;
-pub const GSO_ECN: u8 = vn::VIRTIO_NET_HDR_GSO_ECN as u8;
+pub const F_RSC_INFO: u8 = u8_of(vn::VIRTIO_NET_HDR_F_RSC_INFO);
+pub const GSO_NONE: u8 = u8_of(vn::VIRTIO_NET_HDR_GSO_NONE);
+pub const GSO_TCPV4: u8 = u8_of(vn::VIRTIO_NET_HDR_GSO_TCPV4);
+pub const GSO_UDP: u8 = u8_of(vn::VIRTIO_NET_HDR_GSO_UDP);
+pub const GSO_TCPV6: u8 = u8_of(vn::VIRTIO_NET_HDR_GSO_TCPV6);
+pub const GSO_UDP_L4: u8 = u8_of(vn::VIRTIO_NET_HDR_GSO_UDP_L4);
+pub const GSO_ECN: u8 = u8_of(vn::VIRTIO_NET_HDR_GSO_ECN);
 
 /// Largest frame (without the virtio-net header) a guest may transmit:
 /// a 64 KiB GSO super-frame. Anything longer is dropped and counted.

@@ -12,7 +12,9 @@ pub const STATUS_FAILED: u8 = 0x80;
 /// "No MSI-X vector" in msix_config / queue_msix_vector.
 pub const NO_VECTOR: u16 = 0xffff;
 /// Size of the structure.
-pub const COMMON_CFG_SIZE: u64 = 0x38;
+pub const COMMON_CFG_SIZE: u64 = IMAGE_LEN as u64;
+/// The same, as the length of the structure's image.
+const IMAGE_LEN: usize = 0x38;
 
 /// One queue's driver-side setup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +87,15 @@ impl CommonCfg {
     /// Back to the state after power-on (features offered are kept).
     pub fn reset(&mut self) {
         let max = self.queues.first().map_or(0, |q| q.max_size);
-        *self = Self::new(self.device_features, self.queues.len() as u16, max);
+        *self = Self::new(self.device_features, self.num_queues(), max);
+    }
+
+    /// How many queues there are; `new` took the count as a u16.
+    fn num_queues(&self) -> u16 {
+        // Cannot truncate: the vector was built from a u16 count.
+        #[allow(clippy::cast_possible_truncation)]
+        let n = self.queues.len() as u16;
+        n
     }
 
     fn selected(&self) -> Option<&QueueState> {
@@ -97,10 +107,10 @@ impl CommonCfg {
     }
 
     /// The structure as the guest sees it now.
-    fn image(&self) -> [u8; COMMON_CFG_SIZE as usize] {
-        let mut b = [0u8; COMMON_CFG_SIZE as usize];
+    fn image(&self) -> [u8; IMAGE_LEN] {
+        let mut b = [0u8; IMAGE_LEN];
         let feature_word = |f: u64, sel: u32| match sel {
-            0 => f as u32,
+            0 => (f & 0xffff_ffff) as u32,
             1 => (f >> 32) as u32,
             _ => 0,
         };
@@ -113,7 +123,7 @@ impl CommonCfg {
             &feature_word(self.driver_features, self.driver_feature_select).to_le_bytes(),
         );
         b[0x10..0x12].copy_from_slice(&self.msix_config.to_le_bytes());
-        b[0x12..0x14].copy_from_slice(&(self.queues.len() as u16).to_le_bytes());
+        b[0x12..0x14].copy_from_slice(&self.num_queues().to_le_bytes());
         b[0x14] = self.status;
         b[0x15] = self.config_generation;
         b[0x16..0x18].copy_from_slice(&self.queue_select.to_le_bytes());
@@ -136,8 +146,14 @@ impl CommonCfg {
             data.fill(0xff);
             return;
         }
-        let o = offset as usize;
-        data.copy_from_slice(&self.image()[o..o + data.len()]);
+        let image = self.image();
+        match usize::try_from(offset)
+            .ok()
+            .and_then(|o| image.get(o..o + data.len()))
+        {
+            Some(bytes) => data.copy_from_slice(bytes),
+            None => data.fill(0xff),
+        }
     }
 
     /// A guest write; returns what the transport must act on.
@@ -149,6 +165,13 @@ impl CommonCfg {
             8 => u64::from_le_bytes(data.try_into().unwrap_or([0xff; 8])),
             _ => return CommonEvent::None,
         };
+        // `v` holds exactly `data.len()` bytes and every arm below matches
+        // that length, so narrowing to the register's width loses nothing.
+        let (v8, v16, v32) = (
+            (v & 0xff) as u8,
+            (v & 0xffff) as u16,
+            (v & 0xffff_ffff) as u32,
+        );
         // While the queues run, their setup is frozen (virtio 1.x 4.1.4.3.2).
         let live = self.status & STATUS_DRIVER_OK != 0;
         let set_half = |field: &mut u64, high: bool, v: u64| {
@@ -159,8 +182,8 @@ impl CommonCfg {
             }
         };
         match (offset, data.len()) {
-            (0x00, 4) => self.device_feature_select = v as u32,
-            (0x08, 4) => self.driver_feature_select = v as u32,
+            (0x00, 4) => self.device_feature_select = v32,
+            (0x08, 4) => self.driver_feature_select = v32,
             (0x0c, 4) if self.status & STATUS_FEATURES_OK == 0 => {
                 let high = match self.driver_feature_select {
                     0 => false,
@@ -171,10 +194,10 @@ impl CommonCfg {
                 // The driver can only accept what is offered.
                 self.driver_features &= self.device_features;
             }
-            (0x10, 2) => self.msix_config = v as u16,
+            (0x10, 2) => self.msix_config = v16,
             (0x14, 1) => {
                 let old = self.status;
-                let mut new = v as u8;
+                let mut new = v8;
                 // FEATURES_OK sticks only if the accepted set is a subset (always, by
                 // construction) and once set cannot be cleared except by reset.
                 if new != 0 {
@@ -183,10 +206,10 @@ impl CommonCfg {
                 self.status = new;
                 return CommonEvent::Status { old, new };
             }
-            (0x16, 2) => self.queue_select = v as u16,
+            (0x16, 2) => self.queue_select = v16,
             (0x18, 2) if !live => {
                 if let Some(q) = self.selected_mut() {
-                    let n = v as u16;
+                    let n = v16;
                     if n.is_power_of_two() && n <= q.max_size {
                         q.size = n;
                     }
@@ -194,7 +217,7 @@ impl CommonCfg {
             }
             (0x1a, 2) => {
                 if let Some(q) = self.selected_mut() {
-                    q.msix_vector = v as u16;
+                    q.msix_vector = v16;
                 }
             }
             (0x1c, 2) if !live => {

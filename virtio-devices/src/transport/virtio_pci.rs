@@ -50,12 +50,19 @@ const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub enum VirtioPciError {
     #[error("{0} queues do not fit the transport (1..={MAX_QUEUES})")]
     Queues(u16),
+    #[error("virtio device type {0} has no virtio-pci device id")]
+    DeviceType(u32),
     #[error("cannot lay out PCI configuration space")]
     Config(#[from] PciConfigError),
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
 }
 
+/// A virtio vendor capability for `offset..offset + length` of [`BAR`].
+// Cannot truncate: callers pass this file's layout constants (windows inside
+// the 32 KiB BAR; the notify window is at most MAX_QUEUES * 4 bytes) and
+// `extra` of at most 4 bytes.
+#[allow(clippy::cast_possible_truncation)]
 fn virtio_cap(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
     let mut c = vec![
         PCI_CAP_VENDOR,
@@ -109,6 +116,16 @@ pub struct VirtioPciDevice {
     notify_exits: Arc<AtomicU64>,
 }
 
+impl std::fmt::Debug for VirtioPciDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioPciDevice")
+            .field("common", &self.common)
+            .field("active", &self.active)
+            .field("notify_exits", &self.notify_exits.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
 impl VirtioPciDevice {
     pub fn new(
         device: Box<dyn VirtioDevice>,
@@ -119,9 +136,13 @@ impl VirtioPciDevice {
             return Err(VirtioPciError::Queues(queues));
         }
         let dtype = device.device_type();
+        let pci_device = u16::try_from(dtype)
+            .ok()
+            .and_then(|t| VIRTIO_PCI_MODERN_BASE.checked_add(t))
+            .ok_or(VirtioPciError::DeviceType(dtype))?;
         let mut config = PciConfig::new(PciIdentity {
             vendor: VIRTIO_PCI_VENDOR,
-            device: VIRTIO_PCI_MODERN_BASE + dtype as u16,
+            device: pci_device,
             revision: 1,
             class: class_of(dtype),
             subsystem_vendor: VIRTIO_PCI_VENDOR,
@@ -130,6 +151,8 @@ impl VirtioPciDevice {
         config.add_mem64_bar(BAR, BAR_SIZE)?;
         // One vector per queue plus one for configuration changes.
         let msix = Msix::new(queues + 1);
+        // Cannot truncate: layout constants (BAR 0, offsets inside its 32 KiB).
+        #[allow(clippy::cast_possible_truncation)]
         let (cap, writable) = msix.capability(
             (BAR as u8, MSIX_TABLE_OFFSET as u32),
             (BAR as u8, MSIX_PBA_OFFSET as u32),
@@ -243,7 +266,7 @@ impl VirtioPciDevice {
     fn activate(&mut self) {
         let features = self.common.driver_features;
         let mut queues = Vec::new();
-        for (i, q) in self.common.queues.iter().enumerate() {
+        for (i, q) in (0u16..).zip(&self.common.queues) {
             if !q.enabled {
                 continue;
             }
@@ -252,12 +275,12 @@ impl VirtioPciDevice {
                 v => self.routes.notifier(v).unwrap_or(&self.no_vector),
             };
             queues.push(QueueConfig {
-                index: i as u16,
+                index: i,
                 size: q.size,
                 desc: q.desc,
                 avail: q.avail,
                 used: q.used,
-                kick: &self.kicks[i],
+                kick: &self.kicks[usize::from(i)],
                 call,
             });
         }
@@ -354,7 +377,7 @@ impl PciDevice for VirtioPciDevice {
                 // Only reached when the ioeventfd is not (yet) registered.
                 self.notify_exits.fetch_add(1, Ordering::Relaxed);
                 let q = (o - NOTIFY_OFFSET) / u64::from(NOTIFY_MULTIPLIER);
-                if let Some(k) = self.kicks.get(q as usize) {
+                if let Some(k) = usize::try_from(q).ok().and_then(|q| self.kicks.get(q)) {
                     let _ = k.write(1);
                 }
             }
@@ -413,7 +436,7 @@ mod tests {
             1 << 9
         }
         fn read_config(&mut self, offset: u64, data: &mut [u8]) {
-            data.fill(offset as u8 + 1);
+            data.fill((offset & 0xff) as u8 + 1);
         }
         fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
         fn activate(&mut self, f: u64, q: &[QueueConfig]) -> Result<(), ActivateError> {

@@ -55,6 +55,17 @@ pub struct CtrlQueue {
     budget: usize,
 }
 
+impl std::fmt::Debug for CtrlQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CtrlQueue")
+            .field("queue", &self.queue)
+            .field("features", &self.features)
+            .field("broken", &self.broken)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
 impl CtrlQueue {
     /// Sets the queue up as the driver configured it.
     pub fn new(
@@ -203,9 +214,10 @@ mod tests {
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     use super::*;
+    use crate::narrow::u16_of;
 
-    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
-    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+    const NEXT: u16 = u16_of(VRING_DESC_F_NEXT);
+    const WRITE: u16 = u16_of(VRING_DESC_F_WRITE);
     const FEATURES: CtrlFeatures = CtrlFeatures {
         rx: true,
         max_queue_pairs: Some(2),
@@ -268,11 +280,16 @@ mod tests {
             Some(a) => {
                 m.write_obj(0xffu8, GuestAddress(a)).unwrap();
                 vec![
-                    Descriptor::new(at, bytes.len() as u32, NEXT, 0),
+                    Descriptor::new(at, u32::try_from(bytes.len()).unwrap(), NEXT, 0),
                     Descriptor::new(a, 1, WRITE, 0),
                 ]
             }
-            None => vec![Descriptor::new(at, bytes.len() as u32, 0, 0)],
+            None => vec![Descriptor::new(
+                at,
+                u32::try_from(bytes.len()).unwrap(),
+                0,
+                0,
+            )],
         }
     }
 

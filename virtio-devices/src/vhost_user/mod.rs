@@ -234,6 +234,22 @@ pub struct VhostUserDevice {
     active_pairs: u16,
 }
 
+impl std::fmt::Debug for VhostUserDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VhostUserDevice")
+            .field("socket", &self.socket)
+            .field("kind", &self.kind)
+            .field("queue_size", &self.queue_size)
+            .field("offered", &self.offered)
+            .field("acked", &self.acked)
+            .field("connected", &self.connected)
+            .field("reconnects", &self.reconnects)
+            .field("active_pairs", &self.active_pairs)
+            .field("ctrl", &self.ctrl)
+            .finish_non_exhaustive()
+    }
+}
+
 impl VhostUserDevice {
     /// Connects to the backend at `socket` and negotiates what can be
     /// negotiated before the guest driver shows up.
@@ -457,7 +473,7 @@ impl VhostUserDevice {
             connected: self.connected,
             offered_features: self.offered,
             acked_features: self.acked,
-            started_queues: self.saved.len() as u16,
+            started_queues: u16::try_from(self.saved.len()).unwrap_or(u16::MAX),
             reconnects: self.reconnects,
         }
     }
@@ -556,8 +572,10 @@ impl VirtioDevice for VhostUserDevice {
         }
         match self.config_image() {
             Ok(img) => {
-                let start = offset as usize;
-                if let Some(src) = img.get(start..start + data.len()) {
+                let src = usize::try_from(offset)
+                    .ok()
+                    .and_then(|start| img.get(start..start.checked_add(data.len())?));
+                if let Some(src) = src {
                     data.copy_from_slice(src);
                 }
             }

@@ -45,6 +45,15 @@ pub struct ApiServer {
     next_id: u64,
 }
 
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("path", &self.path)
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ApiServer {
     /// Binds `path` (mode 0600).
     pub fn bind(path: &Path) -> Result<Self, ApiError> {

@@ -9,7 +9,7 @@
 
 use crate::boot::layout::{
     IOAPIC_ADDR, LAPIC_ADDR, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START,
-    PCI_MMIO64_SIZE, PCI_MMIO64_START,
+    PCI_MMIO64_SIZE, PCI_MMIO64_START, addr32,
 };
 use crate::boot::mptable::ioapic_id;
 
@@ -41,6 +41,9 @@ fn checksum(bytes: &[u8]) -> u8 {
 }
 
 /// A table with its 36-byte header; the length and checksum are fixed up.
+// Cannot truncate: the tables here are fixed templates or grow with the
+// vCPU count (at most 255 MADT entries of 8 bytes): a few KiB at most.
+#[allow(clippy::cast_possible_truncation)]
 fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     let mut t = Vec::with_capacity(36 + body.len());
     t.extend_from_slice(signature);
@@ -69,9 +72,13 @@ fn gas_io(port: u16) -> [u8; 12] {
 
 /// AML PkgLength for a package whose contents (after the PkgLength) are `len` bytes.
 fn pkg_length(len: usize) -> Vec<u8> {
+    // Longer than any encoding holds (2^28 bytes): no encoding.
+    let Ok(len) = u32::try_from(len) else {
+        return Vec::new();
+    };
     // The encoding counts its own bytes.
-    for n in 1..=4usize {
-        let total = len + n;
+    for n in 1..=4u8 {
+        let total = len.saturating_add(u32::from(n));
         let fits = match n {
             1 => total < 0x40,
             2 => total < 0x1000,
@@ -80,11 +87,11 @@ fn pkg_length(len: usize) -> Vec<u8> {
         };
         if fits {
             if n == 1 {
-                return vec![total as u8];
+                return vec![(total & 0x3f) as u8];
             }
-            let mut v = vec![((n - 1) << 6) as u8 | (total & 0xf) as u8];
-            for i in 0..n - 1 {
-                v.push((total >> (4 + 8 * i)) as u8);
+            let mut v = vec![(n - 1) << 6 | (total & 0xf) as u8];
+            for i in 0..u32::from(n - 1) {
+                v.push(((total >> (4 + 8 * i)) & 0xff) as u8);
             }
             return v;
         }
@@ -119,8 +126,8 @@ fn host_bridge_crs() -> Vec<u8> {
     r.extend_from_slice(&[0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08]);
     // DWordMemory: producer, min/max fixed, read-write, non-cacheable.
     r.extend_from_slice(&[0x87, 23, 0, 0, 0x0c, 0x01]);
-    let start = PCI_MMIO32_START as u32;
-    let len = PCI_MMIO32_SIZE as u32;
+    let start = const { addr32(PCI_MMIO32_START) };
+    let len = const { addr32(PCI_MMIO32_SIZE) };
     for v in [0u32, start, start + (len - 1), 0, len] {
         r.extend_from_slice(&v.to_le_bytes());
     }
@@ -133,6 +140,8 @@ fn host_bridge_crs() -> Vec<u8> {
     r.extend_from_slice(&[0x79, 0]); // end tag
     // Buffer (size) { bytes }
     let mut body = vec![0x0b];
+    // Cannot truncate: the template above is under a hundred bytes.
+    #[allow(clippy::cast_possible_truncation)]
     body.extend_from_slice(&(r.len() as u16).to_le_bytes());
     body.extend_from_slice(&r);
     aml_package(&[0x11], &body)
@@ -149,6 +158,8 @@ fn com1_device() -> Vec<u8> {
     let mut r = vec![0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]; // IO 0x3F8, 8 ports
     r.extend_from_slice(&[0x22, 0x10, 0x00]); // IRQNoFlags () { 4 }
     r.extend_from_slice(&[0x79, 0]);
+    // Cannot truncate: the template above is 13 bytes.
+    #[allow(clippy::cast_possible_truncation)]
     let mut body = vec![0x0a, r.len() as u8];
     body.extend_from_slice(&r);
     dev.extend(aml_name(b"_CRS", &aml_package(&[0x11], &body)));
@@ -161,6 +172,8 @@ fn rtc_device() -> Vec<u8> {
     // EisaId ("PNP0B00")
     dev.extend(aml_name(b"_HID", &[0x0c, 0x41, 0xd0, 0x0b, 0x00]));
     let r = [0x47, 0x01, 0x70, 0x00, 0x70, 0x00, 0x01, 0x02, 0x79, 0x00];
+    // Cannot truncate: the template above is 10 bytes.
+    #[allow(clippy::cast_possible_truncation)]
     let mut body = vec![0x0a, r.len() as u8];
     body.extend_from_slice(&r);
     dev.extend(aml_name(b"_CRS", &aml_package(&[0x11], &body)));
@@ -174,13 +187,15 @@ fn pci_routing_table() -> Vec<u8> {
     let mut count = 0u8;
     for slot in 0..32u8 {
         for pin in 1..=4u8 {
-            let Some(gsi) = crate::pci::intx_gsi(slot, pin) else {
+            // IOAPIC GSIs are below 24: each fits the ByteConst below.
+            let Some(gsi) = crate::pci::intx_gsi(slot, pin).and_then(|g| u8::try_from(g).ok())
+            else {
                 continue;
             };
             // Package (4) { 0xSSSSFFFF, pin, Zero, gsi }
             let mut e = vec![0x04, 0x0c];
             e.extend_from_slice(&(u32::from(slot) << 16 | 0xffff).to_le_bytes());
-            e.extend_from_slice(&[0x0a, pin - 1, 0x00, 0x0a, gsi as u8]);
+            e.extend_from_slice(&[0x0a, pin - 1, 0x00, 0x0a, gsi]);
             entries.extend(aml_package(&[0x12], &e));
             count += 1;
         }
@@ -218,7 +233,9 @@ pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
     let mut b = vec![0u8; 276 - 36];
     let mut put =
         |off: usize, bytes: &[u8]| b[off - 36..off - 36 + bytes.len()].copy_from_slice(bytes);
-    put(40, &(dsdt_addr as u32).to_le_bytes());
+    // The 32-bit DSDT field is zero when the table is above 4 GiB (the
+    // 64-bit X_DSDT at 140 always holds it).
+    put(40, &u32::try_from(dsdt_addr).unwrap_or(0).to_le_bytes());
     put(46, &SCI_IRQ.to_le_bytes());
     put(109, &IAPC_BOOT_ARCH_NO_VGA.to_le_bytes());
     put(
@@ -238,19 +255,28 @@ pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
 /// The MADT for `cpus` vCPUs with APIC ids 0..cpus.
 pub fn madt(cpus: u8) -> Vec<u8> {
     let mut b = Vec::new();
-    b.extend_from_slice(&(LAPIC_ADDR as u32).to_le_bytes());
+    b.extend_from_slice(&const { addr32(LAPIC_ADDR) }.to_le_bytes());
     b.extend_from_slice(&1u32.to_le_bytes()); // PCAT_COMPAT: there are 8259s
     for id in 0..cpus {
         b.extend_from_slice(&[0, 8, id, id]);
         b.extend_from_slice(&1u32.to_le_bytes()); // enabled
     }
     b.extend_from_slice(&[1, 12, ioapic_id(cpus), 0]);
-    b.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
+    b.extend_from_slice(&const { addr32(IOAPIC_ADDR) }.to_le_bytes());
     b.extend_from_slice(&0u32.to_le_bytes()); // GSI base
     // Local APIC NMI: all processors, LINT1.
     b.extend_from_slice(&[4, 6, 0xff, 0, 0, 1]);
     sdt(b"APIC", 5, &b)
 }
+
+/// The last bus the ECAM window holds (1 MiB per bus).
+// Cannot truncate: checked just above, when compiling.
+#[allow(clippy::cast_possible_truncation)]
+const LAST_BUS: u8 = {
+    let last = (PCI_ECAM_SIZE >> 20) - 1;
+    assert!(last <= u8::MAX as u64);
+    last as u8
+};
 
 /// The MCFG: ECAM for segment 0, buses 0 to the last the window holds.
 pub fn mcfg() -> Vec<u8> {
@@ -258,7 +284,7 @@ pub fn mcfg() -> Vec<u8> {
     b.extend_from_slice(&PCI_ECAM_START.to_le_bytes());
     b.extend_from_slice(&0u16.to_le_bytes()); // segment
     b.push(0); // first bus
-    b.push(((PCI_ECAM_SIZE >> 20) - 1) as u8); // last bus
+    b.push(LAST_BUS);
     b.extend_from_slice(&[0; 4]);
     sdt(b"MCFG", 1, &b)
 }
@@ -395,7 +421,7 @@ mod tests {
         ]));
         assert!(has(&[0x0c, 0x41, 0xd0, 0x0a, 0x03]), "PNP0A03");
         assert!(has(&[0x47, 0x01, 0xf8, 0x0c]), "config ports in _CRS");
-        assert!(has(&(PCI_MMIO32_START as u32).to_le_bytes()));
+        assert!(has(&addr32(PCI_MMIO32_START).to_le_bytes()));
         assert!(has(&PCI_MMIO64_START.to_le_bytes()));
         assert!(has(&[0x0c, 0x41, 0xd0, 0x05, 0x01]), "PNP0501");
         assert!(has(&[0x22, 0x10, 0x00]), "COM1 on IRQ 4");

@@ -11,7 +11,7 @@ use linux_loader::loader::{BzImage, KernelLoader};
 use vm_memory::GuestAddress;
 
 use crate::boot::e820::E820Entry;
-use crate::boot::layout::{CMDLINE, HIMEM_START, ZERO_PAGE};
+use crate::boot::layout::{CMDLINE, HIMEM_START, ZERO_PAGE, addr32};
 use crate::boot::{BootError, Initrd};
 use crate::memory::GuestMemory;
 
@@ -66,11 +66,13 @@ pub fn zero_page(
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
-    params.hdr.cmd_line_ptr = CMDLINE as u32;
-    params.hdr.cmdline_size = cmdline_len as u32;
+    let field =
+        |what, value: u64| u32::try_from(value).map_err(|_| BootError::HeaderField { what, value });
+    params.hdr.cmd_line_ptr = const { addr32(CMDLINE) };
+    params.hdr.cmdline_size = field("command line size", cmdline_len as u64)?;
     if let Some(rd) = initrd {
-        params.hdr.ramdisk_image = rd.addr as u32;
-        params.hdr.ramdisk_size = rd.size as u32;
+        params.hdr.ramdisk_image = field("initramfs address", rd.addr)?;
+        params.hdr.ramdisk_size = field("initramfs size", rd.size)?;
     }
     if map.len() > params.e820_table.len() {
         return Err(BootError::TooManyE820(map.len()));
@@ -82,7 +84,7 @@ pub fn zero_page(
             r#type: e.kind,
         };
     }
-    params.e820_entries = map.len() as u8;
+    params.e820_entries = u8::try_from(map.len()).map_err(|_| BootError::TooManyE820(map.len()))?;
     Ok(params)
 }
 
@@ -117,7 +119,7 @@ mod tests {
             p.hdr.ramdisk_image,
             p.hdr.ramdisk_size,
         );
-        assert_eq!((ptr, size), (CMDLINE as u32, 42));
+        assert_eq!((ptr, size), (addr32(CMDLINE), 42));
         assert_eq!((img, rsize), (0x0f00_0000, 0x1234));
         assert_eq!(p.e820_entries as usize, map.len());
         let first = p.e820_table[0];

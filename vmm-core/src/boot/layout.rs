@@ -53,6 +53,17 @@ pub const PCI_MMIO64_SIZE: u64 = 1 << 36;
 /// MMIO hole below 4 GiB is skipped.
 pub const MAX_RAM: u64 = PCI_MMIO64_START - RAM_64BIT_START + MMIO32_START;
 
+/// An address or size of this map as the 32-bit field firmware tables and
+/// boot headers carry. Use it in const context (`const { addr32(X) }`): one
+/// at or above 4 GiB then stops the build instead of being truncated.
+pub const fn addr32(v: u64) -> u32 {
+    assert!(v <= u32::MAX as u64, "not below 4 GiB");
+    // Cannot truncate: checked just above.
+    #[allow(clippy::cast_possible_truncation)]
+    let a = v as u32;
+    a
+}
+
 // The windows must not overlap; checked when compiling.
 const _: () = {
     assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= IOAPIC_ADDR);

@@ -52,6 +52,8 @@ pub enum BootError {
     WriteInitrd(#[source] vm_memory::GuestMemoryError),
     #[error("memory map has {0} entries, more than the zero page holds")]
     TooManyE820(usize),
+    #[error("{what} {value:#x} does not fit the bzImage header's 32-bit field")]
+    HeaderField { what: &'static str, value: u64 },
     #[error("cannot write boot parameters")]
     Configure(#[source] linux_loader::configurator::Error),
     #[error(transparent)]
@@ -131,7 +133,12 @@ fn load_initrd(
         .map_err(|e| BootError::Read(name.clone(), e))?
         .len();
     let addr = place_initrd(size, limit, kernel_end)?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+    let len = usize::try_from(size).map_err(|_| BootError::InitrdTooLarge {
+        size,
+        limit,
+        kernel_end,
+    })?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, len)
         .map_err(BootError::WriteInitrd)?;
     Ok(Initrd { addr, size })
 }

@@ -2,7 +2,7 @@
 //! IOAPIC and the ISA interrupt wiring without ACPI. Built as plain bytes
 //! (no unsafe), placed at the start of the EBDA where Linux scans for it.
 
-use crate::boot::layout::{EBDA_START, IOAPIC_ADDR, LAPIC_ADDR};
+use crate::boot::layout::{EBDA_START, IOAPIC_ADDR, LAPIC_ADDR, addr32};
 
 /// Why an MP table could not be built.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -11,6 +11,8 @@ pub enum MpTableError {
     TooManyCpus(u8),
     #[error("MP table of {0} bytes does not fit below 640 KiB")]
     TooLarge(usize),
+    #[error("MP table base {0:#x} is not below 640 KiB")]
+    Base(u64),
 }
 
 const APIC_VERSION: u8 = 0x14;
@@ -46,6 +48,7 @@ pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>, MpTableError> {
         return Err(MpTableError::TooManyCpus(cpus));
     }
     let table_addr = base + MPF_SIZE as u64;
+    let table_ptr = u32::try_from(table_addr).map_err(|_| MpTableError::Base(base))?;
     let mut entries: Vec<u8> = Vec::new();
     let mut count: u16 = 0;
     for id in 0..cpus {
@@ -62,7 +65,7 @@ pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>, MpTableError> {
         count += 1;
     }
     entries.extend_from_slice(&[2, ioapic_id(cpus), IOAPIC_VERSION, 1]);
-    entries.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
+    entries.extend_from_slice(&const { addr32(IOAPIC_ADDR) }.to_le_bytes());
     count += 1;
     for irq in 0..ISA_IRQS {
         // Interrupt source: default polarity/trigger for the bus (ISA: edge, high).
@@ -77,7 +80,8 @@ pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>, MpTableError> {
     let mut table = Vec::with_capacity(44 + entries.len());
     table.extend_from_slice(b"PCMP");
     let len = 44 + entries.len();
-    table.extend_from_slice(&(len as u16).to_le_bytes());
+    let len16 = u16::try_from(len).map_err(|_| MpTableError::TooLarge(len))?;
+    table.extend_from_slice(&len16.to_le_bytes());
     table.push(4); // spec revision 1.4
     table.push(0); // checksum, patched below
     table.extend_from_slice(b"VIADUCT ");
@@ -85,14 +89,14 @@ pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>, MpTableError> {
     table.extend_from_slice(&0u32.to_le_bytes()); // OEM table pointer
     table.extend_from_slice(&0u16.to_le_bytes()); // OEM table size
     table.extend_from_slice(&count.to_le_bytes());
-    table.extend_from_slice(&(LAPIC_ADDR as u32).to_le_bytes());
+    table.extend_from_slice(&const { addr32(LAPIC_ADDR) }.to_le_bytes());
     table.extend_from_slice(&0u32.to_le_bytes()); // extended length + checksum + reserved
     table.extend_from_slice(&entries);
     table[7] = checksum(&table);
 
     let mut mpf = Vec::with_capacity(MPF_SIZE);
     mpf.extend_from_slice(b"_MP_");
-    mpf.extend_from_slice(&(table_addr as u32).to_le_bytes());
+    mpf.extend_from_slice(&table_ptr.to_le_bytes());
     mpf.extend_from_slice(&[1, 4, 0, 0, 0, 0, 0, 0]); // 16 bytes, rev 1.4, no default config
     mpf[10] = checksum(&mpf);
 

@@ -59,6 +59,9 @@ pub fn start_info(
         })
         .into_iter()
         .collect();
+    // Cannot truncate: the e820 map has a handful of entries, and there is
+    // one module at most.
+    #[allow(clippy::cast_possible_truncation)]
     let info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC_VALUE,
         version: 1,

@@ -39,7 +39,8 @@ pub fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     let bit = |n: u32| ((entry >> n) & 1) as u8;
     let g = bit(55);
-    let raw_limit = (((entry >> 32) & 0x000f_0000) | (entry & 0xffff)) as u32;
+    // The 20-bit limit, split over the descriptor.
+    let raw_limit = ((((entry >> 32) & 0x000f_0000) | (entry & 0xffff)) & 0x000f_ffff) as u32;
     kvm_segment {
         base: ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000),
         limit: if g == 1 {
@@ -82,7 +83,10 @@ pub fn boot_sregs(mut sregs: kvm_sregs, mode: BootMode) -> kvm_sregs {
     let data = segment_from_gdt(gdt[2], 2);
     let tss = segment_from_gdt(gdt[3], 3);
     sregs.gdt.base = BOOT_GDT;
-    sregs.gdt.limit = (std::mem::size_of_val(&gdt) - 1) as u16;
+    // Cannot truncate: four 8-byte entries, limit 31.
+    #[allow(clippy::cast_possible_truncation)]
+    let gdt_limit = (std::mem::size_of_val(&gdt) - 1) as u16;
+    sregs.gdt.limit = gdt_limit;
     sregs.idt.base = BOOT_IDT;
     sregs.idt.limit = 7;
     sregs.cs = code;
@@ -176,13 +180,14 @@ const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
 fn lapic_reg(state: &kvm_lapic_state, off: usize) -> u32 {
-    let b = |i: usize| state.regs[off + i] as u8;
+    // `regs` is C chars: the same bytes, reinterpreted.
+    let b = |i: usize| state.regs[off + i].to_ne_bytes()[0];
     u32::from_le_bytes([b(0), b(1), b(2), b(3)])
 }
 
 fn set_lapic_reg(state: &mut kvm_lapic_state, off: usize, v: u32) {
     for (i, byte) in v.to_le_bytes().iter().enumerate() {
-        state.regs[off + i] = *byte as _;
+        state.regs[off + i] = std::os::raw::c_char::from_ne_bytes([*byte]);
     }
 }
 

@@ -43,7 +43,7 @@ pub fn next_state(stop_requested: bool, exit_stop: Option<StopReason>) -> VcpuSt
 }
 
 /// What every vCPU thread shares with the rest of the VMM.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct VcpuShared {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
@@ -57,6 +57,14 @@ pub struct Vcpu {
     pub id: u8,
     fd: VcpuFd,
     shared: VcpuShared,
+}
+
+impl std::fmt::Debug for Vcpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vcpu")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Vcpu {

@@ -15,11 +15,16 @@ pub struct Cmos {
     index: u8,
 }
 
+/// The last two decimal digits of `v` in BCD.
 fn bcd(v: u64) -> u8 {
-    (((v / 10) % 10) << 4 | (v % 10)) as u8
+    let (tens, ones) = (((v / 10) % 10) as u8, (v % 10) as u8);
+    tens << 4 | ones
 }
 
 /// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+// No sign is lost: day and month are 1-31 and 1-12 for every input
+// (`doe` and everything derived from it are non-negative).
+#[allow(clippy::cast_sign_loss)]
 fn civil(days: i64) -> (i64, u64, u64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -34,6 +39,8 @@ fn civil(days: i64) -> (i64, u64, u64) {
 
 /// The value of register `index` at `secs` since the epoch.
 pub fn register(index: u8, secs: u64) -> u8 {
+    // Cannot wrap: u64::MAX / 86 400 is below 2^48.
+    #[allow(clippy::cast_possible_wrap)]
     let days = (secs / 86_400) as i64;
     let tod = secs % 86_400;
     let (year, month, day) = civil(days);
@@ -41,14 +48,14 @@ pub fn register(index: u8, secs: u64) -> u8 {
         0x00 => bcd(tod % 60),
         0x02 => bcd(tod / 60 % 60),
         0x04 => bcd(tod / 3600),
-        0x06 => bcd(((days + 4) % 7 + 1) as u64),
+        0x06 => bcd((days + 4).rem_euclid(7) as u64 + 1),
         0x07 => bcd(day),
         0x08 => bcd(month),
         0x09 => bcd(year.rem_euclid(100) as u64),
         0x0a => 0x26, // divider on, 1024 Hz, no update in progress
         0x0b => 0x02, // 24-hour mode, BCD
         0x0d => 0x80, // RAM and time valid
-        0x32 => bcd(year.div_euclid(100) as u64),
+        0x32 => bcd(year.div_euclid(100).rem_euclid(100) as u64),
         _ => 0,
     }
 }

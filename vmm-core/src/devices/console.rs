@@ -43,6 +43,15 @@ pub struct ConsoleOutput {
     lifecycle: Arc<Lifecycle>,
 }
 
+impl std::fmt::Debug for ConsoleOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleOutput")
+            .field("has_sink", &self.sink.is_some())
+            .field("buffered", &self.line.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ConsoleOutput {
     /// `sink` None discards the output (the watcher still runs).
     pub fn new(sink: Option<Box<dyn Write + Send>>, lifecycle: Arc<Lifecycle>) -> Self {

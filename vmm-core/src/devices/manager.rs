@@ -69,6 +69,17 @@ pub struct DeviceManager<'a> {
     pub passthrough: &'a Passthrough,
 }
 
+impl std::fmt::Debug for DeviceManager<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceManager")
+            .field("ram", &self.ram)
+            .field("pio", &self.pio)
+            .field("mmio", &self.mmio)
+            .field("passthrough", &self.passthrough)
+            .finish_non_exhaustive()
+    }
+}
+
 impl DeviceManager<'_> {
     /// COM1 (IRQ 4 via irqfd), the i8042 reset line, the CMOS clock and the
     /// ACPI power-management registers.

@@ -31,6 +31,14 @@ pub struct SerialDevice {
     errors: u64,
 }
 
+impl std::fmt::Debug for SerialDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialDevice")
+            .field("errors", &self.errors)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SerialDevice {
     pub fn new(irq: EventFd, out: ConsoleOutput) -> Self {
         Self {

@@ -13,6 +13,7 @@ use crate::devices::bus::BusDevice;
 use crate::pci::root::PciRoot;
 
 /// The ECAM window of bus 0.
+#[derive(Debug)]
 pub struct Ecam {
     root: Arc<Mutex<PciRoot>>,
 }

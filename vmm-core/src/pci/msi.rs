@@ -84,7 +84,7 @@ fn to_kvm(route: Route) -> kvm_irq_routing_entry {
             type_: KVM_IRQ_ROUTING_MSI,
             u: kvm_irq_routing_entry__bindgen_ty_1 {
                 msi: kvm_irq_routing_msi {
-                    address_lo: msg.addr as u32,
+                    address_lo: (msg.addr & 0xffff_ffff) as u32,
                     address_hi: (msg.addr >> 32) as u32,
                     data: msg.data,
                     ..Default::default()
@@ -100,6 +100,15 @@ pub struct GsiRouting {
     vm: Arc<VmFd>,
     msi: BTreeMap<u32, MsiMessage>,
     next: u32,
+}
+
+impl std::fmt::Debug for GsiRouting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GsiRouting")
+            .field("msi", &self.msi)
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
 }
 
 impl GsiRouting {
@@ -154,6 +163,15 @@ pub struct KvmMsiRoutes {
     vm: Arc<VmFd>,
     routing: Arc<Mutex<GsiRouting>>,
     vectors: Vec<Vector>,
+}
+
+impl std::fmt::Debug for KvmMsiRoutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let gsis: Vec<u32> = self.vectors.iter().map(|v| v.gsi).collect();
+        f.debug_struct("KvmMsiRoutes")
+            .field("gsis", &gsis)
+            .finish_non_exhaustive()
+    }
 }
 
 impl KvmMsiRoutes {

@@ -75,6 +75,18 @@ pub struct PciRoot {
     vm: Option<Arc<VmFd>>,
 }
 
+impl std::fmt::Debug for PciRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let occupied: Vec<usize> = (0..self.slots.len())
+            .filter(|i| self.slots[*i].is_some())
+            .collect();
+        f.debug_struct("PciRoot")
+            .field("address", &self.address)
+            .field("occupied_slots", &occupied)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PciRoot {
     /// `vm` None: no ioeventfds (unit tests).
     pub fn new(mmio: Arc<Bus>, vm: Option<Arc<VmFd>>) -> Self {
@@ -184,7 +196,10 @@ impl PciRoot {
 
 impl BusDevice for PciRoot {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let off = offset as usize;
+        let Ok(off) = usize::try_from(offset) else {
+            data.fill(0xff);
+            return;
+        };
         if off < 4 {
             let bytes = self.address.to_le_bytes();
             match bytes.get(off..off + data.len()) {
@@ -200,7 +215,9 @@ impl BusDevice for PciRoot {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let off = offset as usize;
+        let Ok(off) = usize::try_from(offset) else {
+            return;
+        };
         if off < 4 {
             let mut bytes = self.address.to_le_bytes();
             if let Some(dst) = bytes.get_mut(off..off + data.len()) {
@@ -237,7 +254,7 @@ mod tests {
             self.0.set_bar_addr(i, a)
         }
         fn bar_read(&mut self, _b: usize, o: u64, d: &mut [u8]) {
-            d.fill(o as u8)
+            d.fill((o & 0xff) as u8)
         }
         fn bar_write(&mut self, _b: usize, _o: u64, d: &[u8]) {
             self.1.extend_from_slice(d)
