@@ -60,6 +60,7 @@ impl MigrationStats {
 }
 
 /// One QMP connection (capabilities negotiated).
+#[derive(Debug)]
 pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
