@@ -1,20 +1,18 @@
 //! A hostile frontend and a hostile guest against the real vhost-user-blk
-//! binary (sandbox on, its default): every raw-message scenario of
-//! `hostile/raw.rs`, full pipes for notification fds (`hostile/full_pipe.rs`),
-//! then ring abuse the other suites do not cover. After
+//! binary (sandbox on, its default): every raw-message scenario of the test
+//! kit's hostile frontend, full pipes for notification fds (its
+//! `full_pipe`), then ring abuse the other suites do not cover. After
 //! each one the daemon process must be alive and a fresh, well-behaved
 //! frontend must complete a write and a read.
 
 mod common;
-#[path = "hostile/full_pipe.rs"]
-mod full_pipe;
-#[path = "hostile/raw.rs"]
-mod raw;
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use common::*;
+use viaduct_test_kit::hostile::{self as raw, full_pipe};
+use viaduct_test_kit::procfs;
 use virtio_queue::desc::split::Descriptor;
 
 const T: Duration = Duration::from_secs(10);
@@ -200,29 +198,17 @@ fn memfd_truncated_under_the_daemon_is_survived() {
     assert!(text.contains("event=guest_memory_faults"), "{text}");
 }
 
-fn eventfds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| {
-            std::fs::read_link(e.path())
-                .map(|p| p.to_string_lossy().contains("eventfd"))
-                .unwrap_or(false)
-        })
-        .count()
-}
-
 #[test]
 fn connections_do_not_leak_eventfds() {
     let (_dir, mut d) = setup("hostile-fds", &["--num-queues", "2"]);
     assert_serving(&mut d, "warm-up");
     std::thread::sleep(Duration::from_millis(100));
-    let base = eventfds(d.child.id());
+    let base = procfs::eventfds(Some(d.child.id()));
     for i in 0..10 {
         assert_serving(&mut d, &format!("good {i}"));
     }
     std::thread::sleep(Duration::from_millis(200));
-    let good = eventfds(d.child.id());
+    let good = procfs::eventfds(Some(d.child.id()));
     assert!(
         good <= base,
         "eventfds: {base} before, {good} after 10 good connections"
@@ -250,7 +236,7 @@ fn connections_do_not_leak_eventfds() {
     }
     assert_serving(&mut d, "final");
     std::thread::sleep(Duration::from_millis(200));
-    let after = eventfds(d.child.id());
+    let after = procfs::eventfds(Some(d.child.id()));
     assert!(
         after <= base,
         "eventfds: {base} before, {after} after 30 connections"

@@ -3,32 +3,8 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
 use common::*;
-
-fn qemu_img(args: &[&str]) -> String {
-    let out = Command::new("qemu-img").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn qemu_io(img: &Path, cmd: &str) {
-    let out = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", cmd, img.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use viaduct_test_kit::images::{qemu_img, qemu_io};
 
 #[test]
 fn qcow2_read_write_discard_and_check_clean() {

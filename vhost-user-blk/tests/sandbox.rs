@@ -5,18 +5,7 @@
 mod common;
 
 use common::*;
-
-fn seccomp_status(pid: u32) -> (String, String) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_default()
-    };
-    (field("Seccomp:"), field("Seccomp_filters:"))
-}
+use viaduct_test_kit::procfs::seccomp_status;
 
 #[test]
 fn daemon_runs_under_seccomp_by_default_and_serves() {

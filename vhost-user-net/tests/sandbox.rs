@@ -2,12 +2,10 @@
 //! shows seccomp filter mode with both filters once it listens, and the
 //! relay's private directory is removed on exit despite Landlock.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::enter_private_netns;
+use viaduct_test_kit::netns::enter_private_netns;
 
 fn seccomp_status(pid: u32) -> (String, String) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -50,7 +48,7 @@ fn user_option_drops_root_serves_and_cleans_up() {
 }
 
 fn run_sandboxed(tap: &str, extra: &[&str], euid: &str) {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let sock = std::env::temp_dir().join(format!("vun-sandbox-{}-{tap}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
     let mut child = Command::new(env!("CARGO_BIN_EXE_vhost-user-net"))
