@@ -2,33 +2,20 @@
 //! shows seccomp filter mode with both filters once it listens, and the
 //! relay's private directory is removed on exit despite Landlock.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use viaduct_test_kit::hostile::{GET_FEATURES, Raw};
 use viaduct_test_kit::netns::enter_private_netns;
-
-fn seccomp_status(pid: u32) -> (String, String) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_default()
-    };
-    (field("Seccomp:"), field("Seccomp_filters:"))
-}
+use viaduct_test_kit::procfs::seccomp_status;
 
 /// GET_FEATURES over a raw connection: the relay and the backend answer.
-fn features(sock: &std::path::Path) -> u64 {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let hdr: Vec<u8> = [1u32, 1, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
-    s.write_all(&hdr).unwrap();
-    let mut reply = [0u8; 20];
-    s.read_exact(&mut reply).unwrap();
-    u64::from_le_bytes(reply[12..20].try_into().unwrap())
+fn features(sock: &Path) -> u64 {
+    let reply = Raw::connect(sock)
+        .get(GET_FEATURES, &[])
+        .expect("GET_FEATURES answered");
+    u64::from_le_bytes(reply[..8].try_into().expect("an 8-byte reply"))
 }
 
 fn uid_of(pid: u32) -> String {
