@@ -51,28 +51,26 @@ pub fn qemu_io(img: &Path, cmd: &str) {
     );
 }
 
-/// The bytes of a fresh qcow2 image of virtual size `size` whose header
-/// names the raw file `backing` (not opened: `-u`), written to `scratch`.
+/// A qcow2 overlay at `path` whose header names `backing` of format
+/// `backing_fmt`, verbatim (a relative name resolves against `path`'s
+/// directory). With `size` (bytes) qemu-img does not open the backing file
+/// (`-u`), which need not exist; without, the overlay takes its size.
+pub fn qcow2_overlay(path: &Path, backing: &str, backing_fmt: &str, size: Option<u64>) {
+    let path = path.to_str().expect("UTF-8 image path");
+    let size = size.map(|s| s.to_string());
+    let mut args = vec!["create", "-q"];
+    if size.is_some() {
+        args.push("-u");
+    }
+    args.extend(["-f", "qcow2", "-b", backing, "-F", backing_fmt, path]);
+    args.extend(size.as_deref());
+    qemu_img(&args);
+}
+
+/// The bytes of a qcow2 image of virtual size `size` whose header names
+/// the raw file `backing` (not opened), made at `scratch`.
 pub fn qcow2_header_naming(scratch: &Path, backing: &Path, size: u64) -> Vec<u8> {
-    let (Some(scratch_s), Some(backing_s)) = (scratch.to_str(), backing.to_str()) else {
-        panic!(
-            "non-UTF-8 path {} or {}",
-            scratch.display(),
-            backing.display()
-        );
-    };
-    qemu_img(&[
-        "create",
-        "-q",
-        "-u",
-        "-f",
-        "qcow2",
-        "-b",
-        backing_s,
-        "-F",
-        "raw",
-        scratch_s,
-        &size.to_string(),
-    ]);
+    let backing = backing.to_str().expect("UTF-8 backing path");
+    qcow2_overlay(scratch, backing, "raw", Some(size));
     std::fs::read(scratch).expect("read the qcow2 header")
 }

@@ -16,7 +16,8 @@ use vhost_user_net::tap;
 use crate::frames::GUEST_MAC;
 use crate::frontend::net::QSIZE;
 
-/// The daemon serving in a thread of the test.
+/// The daemon serving in a thread of the caller; stopped and joined on
+/// drop.
 pub struct Daemon {
     pub sock: PathBuf,
     pub tap: String,
@@ -34,6 +35,13 @@ impl Daemon {
 
     /// As [`Daemon::start`], busy-polling `poll_us` after the last work.
     pub fn start_polling(tap_name: &str, pairs: u16, poll_us: u64) -> Daemon {
+        let _ = env_logger::builder().is_test(true).try_init();
+        Self::start_with(tap_name, pairs, QSIZE, poll_us)
+    }
+
+    /// The daemon with `pairs` queue pairs of `queue_size` entries; sets
+    /// up no logger (the fuzzers run it without one).
+    pub fn start_with(tap_name: &str, pairs: u16, queue_size: u16, poll_us: u64) -> Daemon {
         let sock =
             std::env::temp_dir().join(format!("vun-test-{}-{tap_name}.sock", std::process::id()));
         let cfg = Config {
@@ -43,10 +51,9 @@ impl Daemon {
             mac: GUEST_MAC,
             mtu: 1500,
             num_queue_pairs: pairs,
-            queue_size: QSIZE,
+            queue_size,
             poll_us,
         };
-        let _ = env_logger::builder().is_test(true).try_init();
         let device = Device::open(&cfg).expect("open tap");
         let _ = std::fs::write(
             format!("/proc/sys/net/ipv6/conf/{tap_name}/disable_ipv6"),

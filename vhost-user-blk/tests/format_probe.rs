@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use viaduct_test_kit::images::{qcow2_header_naming, qemu_img, qemu_img_in};
+use viaduct_test_kit::images::{qcow2_header_naming, qcow2_overlay, qemu_img, qemu_img_in};
 use viaduct_test_kit::procfs::open_flags;
 
 /// The byte the secret host file is made of; no image here contains it.
@@ -163,31 +163,9 @@ fn backing_dir_chain_is_served_read_only() {
     let base = base_dir.join("base.raw");
     raw_image(&base, 4 << 20);
     let mid = base_dir.join("mid.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.raw",
-        "-F",
-        "raw",
-        s(&mid),
-    ]);
+    qcow2_overlay(&mid, "base.raw", "raw", None);
     let top = vm_dir.join("top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-u",
-        "-f",
-        "qcow2",
-        "-b",
-        "mid.qcow2",
-        "-F",
-        "qcow2",
-        s(&top),
-        "4M",
-    ]);
+    qcow2_overlay(&top, "mid.qcow2", "qcow2", Some(4 << 20));
     let before = (std::fs::read(&base).unwrap(), std::fs::read(&mid).unwrap());
     let log = dir.path("log");
     let mut d = Daemon::start_logged(
@@ -232,19 +210,7 @@ fn backing_dir_chain_is_served_read_only() {
     // against the naming image's directory, as QEMU does); leaving one out
     // is an error naming it.
     let top = vm_dir.join("top2.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-u",
-        "-f",
-        "qcow2",
-        "-b",
-        "../base/mid.qcow2",
-        "-F",
-        "qcow2",
-        s(&top),
-        "4M",
-    ]);
+    qcow2_overlay(&top, "../base/mid.qcow2", "qcow2", Some(4 << 20));
     let mut d = Daemon::start(
         &dir.path("sock2"),
         &top,
@@ -337,19 +303,7 @@ fn symlinks_and_dotdot_do_not_leave_the_backing_dir() {
     for name in ["link", "../secret", "up/secret"] {
         let img = allowed.join("top.qcow2");
         let _ = std::fs::remove_file(&img);
-        qemu_img(&[
-            "create",
-            "-q",
-            "-u",
-            "-f",
-            "qcow2",
-            "-b",
-            name,
-            "-F",
-            "raw",
-            s(&img),
-            "4M",
-        ]);
+        qcow2_overlay(&img, name, "raw", Some(4 << 20));
         let err = refused(&img, &["--format", "qcow2", "--backing-dir", s(&allowed)]);
         assert!(
             err.contains(&format!("backing file {name:?}")),

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use viaduct_test_kit::images::{qemu_img, qemu_io};
+use viaduct_test_kit::images::{qcow2_overlay, qemu_img, qemu_io};
 
 #[test]
 fn qcow2_read_write_discard_and_check_clean() {
@@ -48,17 +48,7 @@ fn qcow2_backing_file_is_read_and_left_untouched() {
     let base = dir.path("base.raw");
     raw_image(&base, 4 << 20);
     let top = dir.path("top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        base.to_str().unwrap(),
-        "-F",
-        "raw",
-        top.to_str().unwrap(),
-    ]);
+    qcow2_overlay(&top, base.to_str().unwrap(), "raw", None);
     let before = std::fs::read(&base).unwrap();
     let mut d = Daemon::start(
         &dir.path("sock"),

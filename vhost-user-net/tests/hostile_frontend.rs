@@ -15,6 +15,7 @@ use viaduct_test_kit::hostile as raw;
 use viaduct_test_kit::net_daemon::Daemon;
 use viaduct_test_kit::netns::enter_private_netns;
 use viaduct_test_kit::packet::PacketSocket;
+use viaduct_test_kit::procfs;
 use virtio_devices::net::features::VERSION_1;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -132,18 +133,6 @@ fn descriptors_rewritten_while_the_daemon_reads_them() {
     assert_serving(&d, &wire, 0x41, "descriptor flipping");
 }
 
-fn eventfds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| {
-            std::fs::read_link(e.path())
-                .map(|p| p.to_string_lossy().contains("eventfd"))
-                .unwrap_or(false)
-        })
-        .count()
-}
-
 #[test]
 fn reconnects_do_not_leak_eventfds() {
     enter_private_netns().expect("private network namespace");
@@ -151,19 +140,19 @@ fn reconnects_do_not_leak_eventfds() {
     let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     assert_serving(&d, &wire, 0x50, "warm-up");
     std::thread::sleep(Duration::from_millis(100));
-    let base = eventfds();
+    let base = procfs::eventfds(None);
     for i in 0..20u8 {
         assert_serving(&d, &wire, 0x51 + i, "reconnect");
     }
     // Teardown of the last connection runs after its frontend left.
     let deadline = std::time::Instant::now() + T;
-    while eventfds() > base && std::time::Instant::now() < deadline {
+    while procfs::eventfds(None) > base && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(
-        eventfds() <= base,
+        procfs::eventfds(None) <= base,
         "{base} eventfds before, {} after",
-        eventfds()
+        procfs::eventfds(None)
     );
 }
 

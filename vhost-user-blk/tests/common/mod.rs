@@ -106,6 +106,15 @@ impl Daemon {
     }
 }
 
+/// A daemon serving a fresh `size`-byte [`raw_image`] (`disk.img`, socket
+/// `sock`) in a new temp dir tagged `tag`, with `extra` flags.
+pub fn serve_raw_image(tag: &str, size: usize, extra: &[&str]) -> (TempDir, Daemon) {
+    let dir = TempDir::new(tag);
+    raw_image(&dir.path("disk.img"), size);
+    let d = Daemon::start(&dir.path("sock"), &dir.path("disk.img"), extra);
+    (dir, d)
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if self.alive() {
