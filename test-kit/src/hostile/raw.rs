@@ -44,22 +44,11 @@ impl Raw {
         Raw { s }
     }
 
-    /// Header with `size` (which may lie about the payload), the payload
-    /// and fds. Errors (the daemon already hung up) are returned.
-    pub fn send_sized(
-        &mut self,
-        req: u32,
-        flags: u32,
-        size: u32,
-        payload: &[u8],
-        fds: &[RawFd],
-    ) -> io::Result<()> {
-        write_message(&mut self.s, req, flags, size, payload, fds)
-    }
-
-    /// A message whose header size is the payload's.
+    /// A message whose header size is the payload's; errors (the daemon
+    /// already hung up) are returned. A header that lies about the size:
+    /// [`write_message`] on `self.s`.
     pub fn send(&mut self, req: u32, flags: u32, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
-        self.send_sized(req, flags, payload.len() as u32, payload, fds)
+        write_message(&mut self.s, req, flags, payload.len() as u32, payload, fds)
     }
 
     /// The next reply (request, payload), or None if the daemon hung up or

@@ -44,7 +44,7 @@ fn set_features_long(r: &mut Raw) -> Outcome {
 }
 
 fn size_larger_than_sent(r: &mut Raw) -> Outcome {
-    let _ = r.send_sized(SET_FEATURES, V1, 0x800, &[0u8; 8], &[]);
+    let _ = write_message(&mut r.s, SET_FEATURES, V1, 0x800, &[0u8; 8], &[]);
     let _ = r.s.shutdown(std::net::Shutdown::Write);
     let mut b = [0u8; 1];
     match r.s.read(&mut b) {
@@ -54,7 +54,7 @@ fn size_larger_than_sent(r: &mut Raw) -> Outcome {
 }
 
 fn size_above_maximum(r: &mut Raw) -> Outcome {
-    let _ = r.send_sized(SET_MEM_TABLE, V1, 0x10_0000, &[0u8; 64], &[]);
+    let _ = write_message(&mut r.s, SET_MEM_TABLE, V1, 0x10_0000, &[0u8; 64], &[]);
     r.probe()
 }
 
