@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use vhost_user_net::counters::Drop;
-use viaduct_test_kit::frames::{GUEST_MAC, HOST_MAC, frame, vnet_hdr};
+use viaduct_test_kit::frames::{eth_header, frame, ipv4_tcp_header, vnet_hdr};
 use viaduct_test_kit::frontend::net::{BUF_BASE, Guest, MEM_SIZE, QSIZE};
 use viaduct_test_kit::net_daemon::Daemon;
 use viaduct_test_kit::netns::enter_private_netns;
@@ -19,24 +19,12 @@ const T: Duration = Duration::from_secs(5);
 
 /// A TCP/IPv4 frame of `len` bytes (headers included), from host to guest.
 fn tcp4_frame(len: usize) -> Vec<u8> {
-    let mut f = Vec::with_capacity(len);
-    f.extend_from_slice(&GUEST_MAC);
-    f.extend_from_slice(&HOST_MAC);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    let ip_len = (len - 14) as u16;
-    let mut ip = vec![
-        0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
-    ];
-    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-    let mut sum = 0u32;
-    for c in ip.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    f.extend_from_slice(&ip);
+    let mut f = eth_header(0x0800);
+    f.extend(ipv4_tcp_header(
+        (len - 14) as u16,
+        [10, 0, 0, 1],
+        [10, 0, 0, 2],
+    ));
     // TCP: ports, seq, ack, data offset 5, flags ACK|PSH, window.
     let tcp = [
         0x30, 0x39, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0,
