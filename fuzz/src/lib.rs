@@ -1,21 +1,20 @@
 //! Shared by the vhost-user message-stream targets: an arbitrary, mostly
-//! well-formed sequence of vhost-user messages (hand-built header, payload,
-//! fds via SCM_RIGHTS) played against a daemon serving in this process.
+//! well-formed sequence of vhost-user messages (the test kit's hand-built
+//! wire format: header, payload, fds via SCM_RIGHTS) played against a
+//! daemon serving in this process.
 //! Each input is one connection: optional handshake, the messages, then a
 //! half-close; replies are drained until the daemon hangs up, so the next
 //! input meets the daemon back at its accept loop.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+use viaduct_test_kit::hostile::proto::*;
 
-const V1: u32 = 1;
-const NEED_REPLY: u32 = 8;
 /// User address the fuzzer's memory regions pretend to live at.
 const UADDR: u64 = 0x4000_0000;
 
@@ -112,8 +111,6 @@ fn make_fd(f: &Fd) -> Option<OwnedFd> {
 }
 
 fn body_bytes(b: &Body) -> Vec<u8> {
-    let u32s = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let u64s = |v: &[u64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     match b {
         Body::Empty => Vec::new(),
         Body::U64(v) => v.to_le_bytes().to_vec(),
@@ -164,18 +161,7 @@ fn body_bytes(b: &Body) -> Vec<u8> {
 }
 
 fn send(s: &mut UnixStream, req: u32, flags: u32, size: u32, body: &[u8], fds: &[RawFd]) -> bool {
-    let mut buf: Vec<u8> = [req, flags, size]
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
-    buf.extend_from_slice(body);
-    if fds.is_empty() {
-        return s.write_all(&buf).is_ok();
-    }
-    match s.send_with_fds(&[&buf[..]], fds) {
-        Ok(n) => s.write_all(&buf[n..]).is_ok(),
-        Err(_) => false,
-    }
+    write_message(s, req, flags, size, body, fds).is_ok()
 }
 
 /// Ignore SIGPIPE (libFuzzer's C main never did) so a daemon hanging up
@@ -202,13 +188,13 @@ pub fn play(socket: &Path, session: &Session) {
         reader.read_to_end(&mut sink).is_ok()
     });
     if !session.skip_hello {
-        let f = (1u64 << 32) | (1u64 << 30);
-        // MQ, REPLY_ACK, CONFIG, INFLIGHT_SHMFD (the blk relay's; the net
-        // daemon never offered it and ignores it).
-        let pf = 1u64 | (1 << 3) | (1 << 9) | (1 << 12);
-        let _ = send(&mut s, 3, V1, 0, &[], &[])
-            && send(&mut s, 2, V1, 8, &f.to_le_bytes(), &[])
-            && send(&mut s, 16, V1, 8, &pf.to_le_bytes(), &[]);
+        let f = F_VERSION_1 | F_PROTOCOL_FEATURES;
+        // INFLIGHT_SHMFD is the blk relay's; the net daemon never offered
+        // it and ignores it.
+        let pf = PF_MQ | PF_REPLY_ACK | PF_CONFIG | PF_INFLIGHT_SHMFD;
+        let _ = send(&mut s, SET_OWNER, V1, 0, &[], &[])
+            && send(&mut s, SET_FEATURES, V1, 8, &f.to_le_bytes(), &[])
+            && send(&mut s, SET_PROTOCOL_FEATURES, V1, 8, &pf.to_le_bytes(), &[]);
     }
     for m in session.msgs.iter().take(64) {
         let req = m.raw_req.unwrap_or(u32::from(m.req % 46));

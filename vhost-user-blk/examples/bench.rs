@@ -4,12 +4,9 @@
 //!
 //! Usage: bench SOCKET QUEUE_DEPTH SECONDS DISK_BYTES [randread|randwrite]
 
-#[path = "../tests/common/frontend.rs"]
-mod frontend;
-
 use std::time::{Duration, Instant};
 
-use frontend::*;
+use viaduct_test_kit::frontend::blk::*;
 use virtio_queue::desc::split::Descriptor;
 
 fn main() {

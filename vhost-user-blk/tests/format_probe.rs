@@ -12,28 +12,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use viaduct_test_kit::images::{qcow2_header_naming, qcow2_overlay, qemu_img, qemu_img_in};
+use viaduct_test_kit::procfs::open_flags;
 
 /// The byte the secret host file is made of; no image here contains it.
 const SECRET: u8 = 0x5e;
 const CHUNK: u32 = 16 * 1024;
-
-/// qemu-img, run in `cwd` (it creates relative data files there).
-fn qemu_img_in(cwd: &Path, args: &[&str]) {
-    let out = Command::new("qemu-img")
-        .current_dir(cwd)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn qemu_img(args: &[&str]) {
-    qemu_img_in(Path::new("/"), args)
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -89,49 +73,10 @@ fn refused(image: &Path, extra: &[&str]) -> String {
 /// A raw image whose first bytes are a qcow2 image naming `backing` (and
 /// nothing else that is not zero), `size` bytes in all.
 fn raw_with_qcow2_header(dir: &TempDir, path: &Path, backing: &Path, size: u64) {
-    let hdr = dir.path("hdr.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-u",
-        "-f",
-        "qcow2",
-        "-b",
-        s(backing),
-        "-F",
-        "raw",
-        s(&hdr),
-        &size.to_string(),
-    ]);
-    let mut bytes = std::fs::read(&hdr).unwrap();
+    let mut bytes = qcow2_header_naming(&dir.path("hdr.qcow2"), backing, size);
     assert!(!bytes.contains(&SECRET));
     bytes.resize(size as usize, 0);
     std::fs::write(path, bytes).unwrap();
-}
-
-/// Where the daemon `pid` has `path` open, the open flags (/proc fdinfo).
-fn open_flags(pid: u32, path: &Path) -> Vec<i32> {
-    let want = std::fs::canonicalize(path).unwrap();
-    let mut flags = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-    {
-        if std::fs::read_link(e.path()).ok().as_deref() == Some(want.as_path()) {
-            let info = std::fs::read_to_string(format!(
-                "/proc/{pid}/fdinfo/{}",
-                e.file_name().to_string_lossy()
-            ))
-            .unwrap();
-            let f = info
-                .lines()
-                .find_map(|l| l.strip_prefix("flags:"))
-                .unwrap()
-                .trim();
-            flags.push(i32::from_str_radix(f, 8).unwrap());
-        }
-    }
-    flags
 }
 
 #[test]
@@ -218,31 +163,9 @@ fn backing_dir_chain_is_served_read_only() {
     let base = base_dir.join("base.raw");
     raw_image(&base, 4 << 20);
     let mid = base_dir.join("mid.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.raw",
-        "-F",
-        "raw",
-        s(&mid),
-    ]);
+    qcow2_overlay(&mid, "base.raw", "raw", None);
     let top = vm_dir.join("top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-u",
-        "-f",
-        "qcow2",
-        "-b",
-        "mid.qcow2",
-        "-F",
-        "qcow2",
-        s(&top),
-        "4M",
-    ]);
+    qcow2_overlay(&top, "mid.qcow2", "qcow2", Some(4 << 20));
     let before = (std::fs::read(&base).unwrap(), std::fs::read(&mid).unwrap());
     let log = dir.path("log");
     let mut d = Daemon::start_logged(
@@ -287,19 +210,7 @@ fn backing_dir_chain_is_served_read_only() {
     // against the naming image's directory, as QEMU does); leaving one out
     // is an error naming it.
     let top = vm_dir.join("top2.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-u",
-        "-f",
-        "qcow2",
-        "-b",
-        "../base/mid.qcow2",
-        "-F",
-        "qcow2",
-        s(&top),
-        "4M",
-    ]);
+    qcow2_overlay(&top, "../base/mid.qcow2", "qcow2", Some(4 << 20));
     let mut d = Daemon::start(
         &dir.path("sock2"),
         &top,
@@ -392,19 +303,7 @@ fn symlinks_and_dotdot_do_not_leave_the_backing_dir() {
     for name in ["link", "../secret", "up/secret"] {
         let img = allowed.join("top.qcow2");
         let _ = std::fs::remove_file(&img);
-        qemu_img(&[
-            "create",
-            "-q",
-            "-u",
-            "-f",
-            "qcow2",
-            "-b",
-            name,
-            "-F",
-            "raw",
-            s(&img),
-            "4M",
-        ]);
+        qcow2_overlay(&img, name, "raw", Some(4 << 20));
         let err = refused(&img, &["--format", "qcow2", "--backing-dir", s(&allowed)]);
         assert!(
             err.contains(&format!("backing file {name:?}")),

@@ -1,31 +1,22 @@
 //! A hostile frontend and a hostile guest against the real vhost-user-blk
-//! binary (sandbox on, its default): every raw-message scenario of
-//! `hostile/raw.rs`, full pipes for notification fds (`hostile/full_pipe.rs`),
-//! then ring abuse the other suites do not cover. After
+//! binary (sandbox on, its default): every raw-message scenario of the test
+//! kit's hostile frontend, full pipes for notification fds (its
+//! `full_pipe`), then ring abuse the other suites do not cover. After
 //! each one the daemon process must be alive and a fresh, well-behaved
 //! frontend must complete a write and a read.
 
 mod common;
-#[path = "hostile/full_pipe.rs"]
-mod full_pipe;
-#[path = "hostile/raw.rs"]
-mod raw;
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use common::*;
+use viaduct_test_kit::hostile::{self as raw, full_pipe};
+use viaduct_test_kit::procfs;
 use virtio_queue::desc::split::Descriptor;
 
 const T: Duration = Duration::from_secs(10);
 const IMG: usize = 8 << 20;
-
-fn setup(tag: &str, extra: &[&str]) -> (TempDir, Daemon) {
-    let dir = TempDir::new(tag);
-    raw_image(&dir.path("disk.img"), IMG);
-    let d = Daemon::start(&dir.path("sock"), &dir.path("disk.img"), extra);
-    (dir, d)
-}
 
 /// Alive, and a fresh frontend writes and reads back one sector.
 fn assert_serving(d: &mut Daemon, after: &str) {
@@ -48,7 +39,7 @@ fn assert_serving(d: &mut Daemon, after: &str) {
 
 #[test]
 fn hostile_messages_are_rejected_and_the_daemon_serves_on() {
-    let (_dir, mut d) = setup("hostile-msg", &[]);
+    let (_dir, mut d) = serve_raw_image("hostile-msg", IMG, &[]);
     let socket = d.socket.clone();
     let (report, broken) = raw::run_all(&socket, |name| assert_serving(&mut d, name));
     println!("{}", report.join("\n"));
@@ -57,7 +48,11 @@ fn hostile_messages_are_rejected_and_the_daemon_serves_on() {
 
 #[test]
 fn head_reused_while_in_flight_stops_the_queue() {
-    let (_dir, mut d) = setup("hostile-reuse", &["--cache", "none", "--queue-size", "256"]);
+    let (_dir, mut d) = serve_raw_image(
+        "hostile-reuse",
+        IMG,
+        &["--cache", "none", "--queue-size", "256"],
+    );
     {
         let mut s = connect(&d.socket, 1, 256, !F_EVENT_IDX);
         let q = &mut s.queues[0];
@@ -92,8 +87,9 @@ fn head_reused_while_in_flight_stops_the_queue() {
 
 #[test]
 fn descriptors_rewritten_after_the_daemon_read_them() {
-    let (_dir, mut d) = setup(
+    let (_dir, mut d) = serve_raw_image(
         "hostile-toctou",
+        IMG,
         &["--cache", "none", "--queue-size", "256"],
     );
     {
@@ -145,7 +141,7 @@ fn descriptors_rewritten_after_the_daemon_read_them() {
 
 #[test]
 fn avail_index_far_ahead_then_a_new_connection() {
-    let (_dir, mut d) = setup("hostile-avail", &[]);
+    let (_dir, mut d) = serve_raw_image("hostile-avail", IMG, &[]);
     {
         let mut s = connect(&d.socket, 1, 16, !F_EVENT_IDX);
         let q = &mut s.queues[0];
@@ -167,7 +163,7 @@ fn avail_index_far_ahead_then_a_new_connection() {
 
 #[test]
 fn queue_size_not_a_power_of_two_never_activates() {
-    let (_dir, mut d) = setup("hostile-qsize", &[]);
+    let (_dir, mut d) = serve_raw_image("hostile-qsize", IMG, &[]);
     {
         // vhost-user-backend acks SET_VRING_NUM 100; the queue must still
         // refuse to run rather than guess a layout.
@@ -200,29 +196,17 @@ fn memfd_truncated_under_the_daemon_is_survived() {
     assert!(text.contains("event=guest_memory_faults"), "{text}");
 }
 
-fn eventfds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| {
-            std::fs::read_link(e.path())
-                .map(|p| p.to_string_lossy().contains("eventfd"))
-                .unwrap_or(false)
-        })
-        .count()
-}
-
 #[test]
 fn connections_do_not_leak_eventfds() {
-    let (_dir, mut d) = setup("hostile-fds", &["--num-queues", "2"]);
+    let (_dir, mut d) = serve_raw_image("hostile-fds", IMG, &["--num-queues", "2"]);
     assert_serving(&mut d, "warm-up");
     std::thread::sleep(Duration::from_millis(100));
-    let base = eventfds(d.child.id());
+    let base = procfs::eventfds(Some(d.child.id()));
     for i in 0..10 {
         assert_serving(&mut d, &format!("good {i}"));
     }
     std::thread::sleep(Duration::from_millis(200));
-    let good = eventfds(d.child.id());
+    let good = procfs::eventfds(Some(d.child.id()));
     assert!(
         good <= base,
         "eventfds: {base} before, {good} after 10 good connections"
@@ -250,7 +234,7 @@ fn connections_do_not_leak_eventfds() {
     }
     assert_serving(&mut d, "final");
     std::thread::sleep(Duration::from_millis(200));
-    let after = eventfds(d.child.id());
+    let after = procfs::eventfds(Some(d.child.id()));
     assert!(
         after <= base,
         "eventfds: {base} before, {after} after 30 connections"
@@ -277,7 +261,7 @@ fn a_full_pipe_as_a_notification_fd_never_stalls_the_daemon() {
     ];
     let mut failed = Vec::new();
     for (name, req, play) in cases {
-        let (_dir, mut d) = setup("hostile-pipe", &[]);
+        let (_dir, mut d) = serve_raw_image("hostile-pipe", IMG, &[]);
         // The read end stays open until the probe is done: the pipe stays full.
         let (_read_end, write_end) = full_pipe::full_pipe();
         let mut r = raw::Raw::connect(&d.socket);

@@ -3,32 +3,8 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
 use common::*;
-
-fn qemu_img(args: &[&str]) -> String {
-    let out = Command::new("qemu-img").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn qemu_io(img: &Path, cmd: &str) {
-    let out = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", cmd, img.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use viaduct_test_kit::images::{qcow2_overlay, qemu_img, qemu_io};
 
 #[test]
 fn qcow2_read_write_discard_and_check_clean() {
@@ -72,17 +48,7 @@ fn qcow2_backing_file_is_read_and_left_untouched() {
     let base = dir.path("base.raw");
     raw_image(&base, 4 << 20);
     let top = dir.path("top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        base.to_str().unwrap(),
-        "-F",
-        "raw",
-        top.to_str().unwrap(),
-    ]);
+    qcow2_overlay(&top, base.to_str().unwrap(), "raw", None);
     let before = std::fs::read(&base).unwrap();
     let mut d = Daemon::start(
         &dir.path("sock"),

@@ -5,24 +5,11 @@
 mod common;
 
 use common::*;
-
-fn seccomp_status(pid: u32) -> (String, String) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_default()
-    };
-    (field("Seccomp:"), field("Seccomp_filters:"))
-}
+use viaduct_test_kit::procfs::seccomp_status;
 
 #[test]
 fn daemon_runs_under_seccomp_by_default_and_serves() {
-    let dir = TempDir::new("sandbox-on");
-    raw_image(&dir.path("disk.img"), 1 << 20);
-    let d = Daemon::start(&dir.path("sock"), &dir.path("disk.img"), &[]);
+    let (_dir, d) = serve_raw_image("sandbox-on", 1 << 20, &[]);
     // The socket exists before the sandbox goes on: a served request
     // proves start-up finished.
     let mut s = connect(&d.socket, 1, 64, !0);
@@ -35,13 +22,7 @@ fn daemon_runs_under_seccomp_by_default_and_serves() {
 
 #[test]
 fn sandbox_off_installs_no_filter() {
-    let dir = TempDir::new("sandbox-off");
-    raw_image(&dir.path("disk.img"), 1 << 20);
-    let d = Daemon::start(
-        &dir.path("sock"),
-        &dir.path("disk.img"),
-        &["--sandbox", "off"],
-    );
+    let (_dir, d) = serve_raw_image("sandbox-off", 1 << 20, &["--sandbox", "off"]);
     let mut s = connect(&d.socket, 1, 64, !0);
     assert_eq!(s.queues[0].request(VIRTIO_BLK_T_IN, 0, &[(0, 512)]).0, S_OK);
     assert_eq!(seccomp_status(d.child.id()).0, "0");
@@ -49,13 +30,7 @@ fn sandbox_off_installs_no_filter() {
 
 #[test]
 fn user_option_drops_root_and_still_serves() {
-    let dir = TempDir::new("sandbox-user");
-    raw_image(&dir.path("disk.img"), 1 << 20);
-    let d = Daemon::start(
-        &dir.path("sock"),
-        &dir.path("disk.img"),
-        &["--user", "nobody"],
-    );
+    let (_dir, d) = serve_raw_image("sandbox-user", 1 << 20, &["--user", "nobody"]);
     let mut s = connect(&d.socket, 1, 64, !0);
     let q = &mut s.queues[0];
     q.fill(0, 512, 0x77);

@@ -17,16 +17,9 @@ use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures
 const T: Duration = Duration::from_secs(10);
 const IMG: usize = 8 << 20;
 
-fn setup(tag: &str, extra: &[&str]) -> (TempDir, Daemon) {
-    let dir = TempDir::new(tag);
-    raw_image(&dir.path("disk.img"), IMG);
-    let d = Daemon::start(&dir.path("sock"), &dir.path("disk.img"), extra);
-    (dir, d)
-}
-
 #[test]
 fn negotiation_and_config_space() {
-    let (_dir, d) = setup("neg", &["--num-queues", "2", "--serial", "viaduct-0"]);
+    let (_dir, d) = serve_raw_image("neg", IMG, &["--num-queues", "2", "--serial", "viaduct-0"]);
     let mut s = connect(&d.socket, 2, 128, !0);
     assert_ne!(s.features & F_VERSION_1, 0);
     assert_ne!(s.features & F_EVENT_IDX, 0);
@@ -66,7 +59,7 @@ fn negotiation_and_config_space() {
 
 #[test]
 fn reads_and_writes_through_real_rings() {
-    let (dir, d) = setup("rw", &[]);
+    let (dir, d) = serve_raw_image("rw", IMG, &[]);
     let mut s = connect(&d.socket, 1, 256, !F_EVENT_IDX);
     let q = &mut s.queues[0];
 
@@ -102,7 +95,7 @@ fn reads_and_writes_through_real_rings() {
 
 #[test]
 fn write_zeroes_and_discard() {
-    let (dir, d) = setup("wz", &[]);
+    let (dir, d) = serve_raw_image("wz", IMG, &[]);
     let mut s = connect(&d.socket, 1, 64, !0);
     let q = &mut s.queues[0];
     assert_eq!(q.range_request(VIRTIO_BLK_T_WRITE_ZEROES, 16, 8, 0), S_OK);
@@ -131,7 +124,7 @@ fn write_zeroes_and_discard() {
 
 #[test]
 fn many_requests_in_flight_with_cache_none() {
-    let (_dir, d) = setup("qd", &["--cache", "none"]);
+    let (_dir, d) = serve_raw_image("qd", IMG, &["--cache", "none"]);
     let mut s = connect(&d.socket, 1, 128, !F_EVENT_IDX);
     let q = &mut s.queues[0];
     for i in 0..32u64 {
@@ -150,7 +143,7 @@ fn many_requests_in_flight_with_cache_none() {
 
 #[test]
 fn multi_queue_io_is_independent() {
-    let (_dir, d) = setup("mq", &["--num-queues", "2"]);
+    let (_dir, d) = serve_raw_image("mq", IMG, &["--num-queues", "2"]);
     let mut s = connect(&d.socket, 2, 64, !F_EVENT_IDX);
     for q in 0..2usize {
         let tq = &mut s.queues[q];
@@ -180,7 +173,7 @@ fn multi_queue_io_is_independent() {
 
 #[test]
 fn event_idx_suppresses_and_delivers_interrupts() {
-    let (_dir, d) = setup("eidx", &[]);
+    let (_dir, d) = serve_raw_image("eidx", IMG, &[]);
     let mut s = connect(&d.socket, 1, 64, !0);
     assert_ne!(s.features & F_EVENT_IDX, 0);
     let q = &mut s.queues[0];
@@ -212,7 +205,7 @@ fn event_idx_suppresses_and_delivers_interrupts() {
 
 #[test]
 fn read_only_refuses_writes() {
-    let (_dir, d) = setup("ro", &["--read-only"]);
+    let (_dir, d) = serve_raw_image("ro", IMG, &["--read-only"]);
     let mut s = connect(&d.socket, 1, 64, !0);
     assert_ne!(s.features & (1 << 5), 0);
     let q = &mut s.queues[0];
@@ -224,7 +217,7 @@ fn read_only_refuses_writes() {
 
 #[test]
 fn malformed_message_closes_only_that_connection() {
-    let (_dir, mut d) = setup("bad", &[]);
+    let (_dir, mut d) = serve_raw_image("bad", IMG, &[]);
     {
         let mut sock = UnixStream::connect(&d.socket).unwrap();
         // Header: request 0xdead, flags v1, size 0xffff (more than any body).
@@ -245,7 +238,7 @@ fn malformed_message_closes_only_that_connection() {
 
 #[test]
 fn relisten_after_disconnect_with_fresh_state() {
-    let (_dir, mut d) = setup("relisten", &[]);
+    let (_dir, mut d) = serve_raw_image("relisten", IMG, &[]);
     for round in 0..3u8 {
         let mut s = connect(&d.socket, 1, 64, !0);
         let q = &mut s.queues[0];
@@ -262,7 +255,7 @@ fn relisten_after_disconnect_with_fresh_state() {
 
 #[test]
 fn corrupt_ring_stops_that_queue_only() {
-    let (_dir, d) = setup("corrupt", &["--num-queues", "2"]);
+    let (_dir, d) = serve_raw_image("corrupt", IMG, &["--num-queues", "2"]);
     let mut s = connect(&d.socket, 2, 16, !F_EVENT_IDX);
     // The frontend's error eventfd for queue 0 (viaduct sets NEEDS_RESET on it).
     let err = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
@@ -291,7 +284,7 @@ fn corrupt_ring_stops_that_queue_only() {
 
 #[test]
 fn chain_without_status_is_returned_and_queue_continues() {
-    let (_dir, d) = setup("nostatus", &[]);
+    let (_dir, d) = serve_raw_image("nostatus", IMG, &[]);
     let mut s = connect(&d.socket, 1, 16, !F_EVENT_IDX);
     let q = &mut s.queues[0];
     q.write_header(0, VIRTIO_BLK_T_IN, 0);
@@ -315,7 +308,7 @@ fn chain_without_status_is_returned_and_queue_continues() {
 
 #[test]
 fn get_vring_base_waits_for_requests_in_flight() {
-    let (_dir, d) = setup("stop", &["--cache", "none", "--queue-size", "512"]);
+    let (_dir, d) = serve_raw_image("stop", IMG, &["--cache", "none", "--queue-size", "512"]);
     let mut s = connect(&d.socket, 1, 512, !F_EVENT_IDX);
     let q = &mut s.queues[0];
     // 150 x 256 KiB O_DIRECT reads (all into the same scratch buffer).
@@ -340,7 +333,7 @@ fn get_vring_base_waits_for_requests_in_flight() {
 
 #[test]
 fn busy_poll_mode_serves_requests() {
-    let (_dir, d) = setup("poll", &["--poll-us", "2000"]);
+    let (_dir, d) = serve_raw_image("poll", IMG, &["--poll-us", "2000"]);
     let mut s = connect(&d.socket, 1, 64, !0);
     let q = &mut s.queues[0];
     for round in 0..20u64 {
@@ -351,7 +344,7 @@ fn busy_poll_mode_serves_requests() {
 
 #[test]
 fn write_cache_toggle_and_4k_blocks() {
-    let (_dir, d) = setup("wce", &["--logical-block-size", "4096"]);
+    let (_dir, d) = serve_raw_image("wce", IMG, &["--logical-block-size", "4096"]);
     let mut s = connect(&d.socket, 1, 64, !0);
     assert_ne!(
         s.features & (1 << 10),
@@ -380,7 +373,7 @@ fn write_cache_toggle_and_4k_blocks() {
 
 #[test]
 fn memory_given_with_add_mem_reg() {
-    let (_dir, d) = setup("memslots", &[]);
+    let (_dir, d) = serve_raw_image("memslots", IMG, &[]);
     let mut s = connect_with(&d.socket, 1, 64, !0, true);
     assert!(
         s.protocol
@@ -393,7 +386,7 @@ fn memory_given_with_add_mem_reg() {
 
 #[test]
 fn null_io_completes_without_touching_the_image_and_still_validates() {
-    let (dir, d) = setup("null", &["--null-io"]);
+    let (dir, d) = serve_raw_image("null", IMG, &["--null-io"]);
     let before = std::fs::read(dir.path("disk.img")).unwrap();
     let mut s = connect(&d.socket, 1, 16, !0);
     let q = &mut s.queues[0];

@@ -8,16 +8,17 @@
 //! RX: an AF_PACKET thread floods the TAP, the daemon fills the RX ring, a
 //! driver thread recycles the buffers. Rates are frames the daemon counted.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
 use vhost_user_net::tap::{self, TapQueue};
+use viaduct_test_kit::frames::{frame, vnet_hdr};
+use viaduct_test_kit::frontend::net::{BUF_BASE, Guest, QSIZE};
+use viaduct_test_kit::net_daemon::Daemon;
+use viaduct_test_kit::netns::enter_private_netns;
+use viaduct_test_kit::packet::PacketSocket;
 use virtio_devices::net::features::{MRG_RXBUF, VERSION_1};
 
 const WINDOW: Duration = Duration::from_secs(2);
@@ -53,11 +54,11 @@ fn daemon_tx(d: &Daemon, len: usize) -> f64 {
 fn flood(ifname: String, len: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         // The generator thread inherits the namespace of its creator.
-        let s = PacketSocket::open(&ifname, false);
+        let s = PacketSocket::open(&ifname, false).expect("packet socket");
         let f = frame(len, 2);
         while !stop.load(Ordering::Relaxed) {
             for _ in 0..64 {
-                s.send(&f);
+                s.send(&f).expect("send");
             }
         }
     })
@@ -139,7 +140,7 @@ fn direct_read(name: &str, len: usize) -> f64 {
 }
 
 fn main() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vbench0", 1);
     println!(
         "{:>6} {:>14} {:>14} {:>14} {:>14}",

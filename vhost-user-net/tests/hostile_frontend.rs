@@ -1,19 +1,21 @@
 //! A hostile frontend and a hostile guest against vhost-user-net (serving
 //! in-process, behind its relay, in a private network namespace): every
-//! raw-message scenario of vhost-user-blk's `tests/hostile/raw.rs` (shared
-//! by path), then ring abuse the other suites do not cover. After each one
+//! raw-message scenario of the test kit's hostile frontend (the blk daemon
+//! plays the same catalogue), then ring abuse the other suites do not cover. After each one
 //! the daemon must still serve: a fresh, well-behaved frontend transmits a
 //! frame that arrives on the TAP.
-
-mod common;
-#[path = "../../vhost-user-blk/tests/hostile/raw.rs"]
-mod raw;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::*;
+use viaduct_test_kit::frames::{frame, vnet_hdr};
+use viaduct_test_kit::frontend::net::{BUF_BASE, Guest, MEM_SIZE, QSIZE};
+use viaduct_test_kit::hostile as raw;
+use viaduct_test_kit::net_daemon::Daemon;
+use viaduct_test_kit::netns::enter_private_netns;
+use viaduct_test_kit::packet::PacketSocket;
+use viaduct_test_kit::procfs;
 use virtio_devices::net::features::VERSION_1;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -37,11 +39,11 @@ fn assert_serving(d: &Daemon, wire: &PacketSocket, seed: u8, after: &str) {
 
 #[test]
 fn hostile_messages_are_rejected_and_the_daemon_serves_on() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     // The daemon runs in this process: the SIGBUS handler main() installs.
     vhost_user_net::memguard::install_sigbus_handler().unwrap();
     let d = Daemon::start("vuh-msg0", 1);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     let mut seed = 0u8;
     let (report, broken) = raw::run_all(&d.sock, |name| {
         seed = seed.wrapping_add(1);
@@ -57,9 +59,9 @@ fn hostile_messages_are_rejected_and_the_daemon_serves_on() {
 
 #[test]
 fn avail_index_far_ahead_stops_tx_only() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vuh-avail0", 1);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     {
         let mut g = Guest::connect(&d, VERSION_1);
         // avail.idx jumps by more than the queue size on TX.
@@ -71,7 +73,7 @@ fn avail_index_far_ahead_stops_tx_only() {
         // RX on the same pair still delivers.
         let bufs = g.post_rx(BUF_BASE + 0x8000, 2, 2048);
         let f = frame(300, 0x31);
-        wire.send(&f);
+        wire.send(&f).expect("send");
         let (id, len) = g.rx.wait_used(&g.mem, T).expect("rx after tx broke");
         assert_eq!(id, u32::from(bufs[0].0));
         assert_eq!(&g.read(bufs[0].1 + 12, len as usize - 12), &f);
@@ -81,9 +83,9 @@ fn avail_index_far_ahead_stops_tx_only() {
 
 #[test]
 fn descriptors_rewritten_while_the_daemon_reads_them() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vuh-toctou0", 1);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     {
         let mut g = Guest::connect(&d, VERSION_1);
         let hdr = vnet_hdr(0, 0, 0, 0, 0, 0);
@@ -131,46 +133,34 @@ fn descriptors_rewritten_while_the_daemon_reads_them() {
     assert_serving(&d, &wire, 0x41, "descriptor flipping");
 }
 
-fn eventfds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| {
-            std::fs::read_link(e.path())
-                .map(|p| p.to_string_lossy().contains("eventfd"))
-                .unwrap_or(false)
-        })
-        .count()
-}
-
 #[test]
 fn reconnects_do_not_leak_eventfds() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vuh-fds0", 1);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     assert_serving(&d, &wire, 0x50, "warm-up");
     std::thread::sleep(Duration::from_millis(100));
-    let base = eventfds();
+    let base = procfs::eventfds(None);
     for i in 0..20u8 {
         assert_serving(&d, &wire, 0x51 + i, "reconnect");
     }
     // Teardown of the last connection runs after its frontend left.
     let deadline = std::time::Instant::now() + T;
-    while eventfds() > base && std::time::Instant::now() < deadline {
+    while procfs::eventfds(None) > base && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(
-        eventfds() <= base,
+        procfs::eventfds(None) <= base,
         "{base} eventfds before, {} after",
-        eventfds()
+        procfs::eventfds(None)
     );
 }
 
 #[test]
 fn early_enables_for_rings_the_device_lacks_are_refused() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vuh-early0", 1);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     {
         let mut r = raw::Raw::connect(&d.sock);
         r.send(raw::SET_OWNER, raw::V1, &[], &[]).unwrap();

@@ -2,13 +2,15 @@
 //! (`--poll-us`): nothing is taken from a disabled ring or put into it until
 //! it is enabled again (issue 13).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use vhost::VhostBackend;
 use vhost::vhost_user::VhostUserFrontend;
+use viaduct_test_kit::frames::{frame, vnet_hdr};
+use viaduct_test_kit::frontend::net::{BUF_BASE, Guest};
+use viaduct_test_kit::net_daemon::Daemon;
+use viaduct_test_kit::netns::enter_private_netns;
+use viaduct_test_kit::packet::PacketSocket;
 use virtio_devices::net::features::VERSION_1;
 
 /// A poll window longer than the test's quiet periods: after each wake-up
@@ -27,9 +29,9 @@ fn set_enable(g: &mut Guest, ring: usize, on: bool) {
 
 #[test]
 fn disabled_rings_are_not_processed_while_polling() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start_polling("vut-enable0", 1, POLL_US);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     let mut g = Guest::connect(&d, VERSION_1);
     let hdr = vnet_hdr(0, 0, 0, 0, 0, 0);
 
@@ -61,13 +63,13 @@ fn disabled_rings_are_not_processed_while_polling() {
     // poll window, then RX is disabled and another frame arrives.
     let bufs = g.post_rx(BUF_BASE + 0x10000, 8, 2048);
     let r1 = frame(300, 3);
-    wire.send(&r1);
+    wire.send(&r1).expect("send");
     let (id, len) = g.rx.wait_used(&g.mem, T).expect("first RX frame");
     assert_eq!(id, u32::from(bufs[0].0));
     assert_eq!(g.read(bufs[0].1 + 12, len as usize - 12), r1);
     set_enable(&mut g, 0, false);
     let r2 = frame(300, 5);
-    wire.send(&r2);
+    wire.send(&r2).expect("send");
     let rx_while_off = g.rx.wait_used(&g.mem, QUIET);
     eprintln!("rx_disabled: used={rx_while_off:?}");
     assert_eq!(rx_while_off, None, "a disabled RX ring was filled");

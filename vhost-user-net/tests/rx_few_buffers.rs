@@ -3,14 +3,17 @@
 //! guest posts more, not retry the same buffer for ever (issue 13). Its own
 //! test binary (process), so the CPU time measured is this daemon's only.
 
-mod common;
-
 use std::mem::ManuallyDrop;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::*;
 use vhost::VhostBackend;
+use viaduct_test_kit::frames::frame;
+use viaduct_test_kit::frontend::net::{BUF_BASE, Guest, QSIZE};
+use viaduct_test_kit::net_daemon::Daemon;
+use viaduct_test_kit::netns::enter_private_netns;
+use viaduct_test_kit::packet::PacketSocket;
+use viaduct_test_kit::procfs::threads_cpu_ns;
 use virtio_devices::net::features::{EVENT_IDX, MRG_RXBUF, VERSION_1};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -20,15 +23,15 @@ const FRAME: usize = 1500;
 
 #[test]
 fn one_small_rx_buffer_and_a_large_frame_leave_the_worker_idle() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     // Not dropped on a failed assertion: on a spinning worker the drop
     // (which joins the workers) would never return.
     let d = ManuallyDrop::new(Daemon::start("vut-few0", 1));
-    let wire = PacketSocket::open(&d.tap, false);
-    let mut g = Guest::connect(&d, VERSION_1 | MRG_RXBUF | EVENT_IDX);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
+    let mut g = Guest::connect(&d.sock, VERSION_1 | MRG_RXBUF | EVENT_IDX);
     let small = g.post_rx(BUF_BASE, 1, SMALL);
     let sent = frame(FRAME, 42);
-    wire.send(&sent);
+    wire.send(&sent).expect("send");
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         g.rx.wait_used(&g.mem, Duration::ZERO).is_none(),
@@ -42,10 +45,10 @@ fn one_small_rx_buffer_and_a_large_frame_leave_the_worker_idle() {
         .unwrap();
     assert_eq!(avail_event, 1, "avail_event after the ring ran dry");
 
-    let (before, workers) = worker_cpu_ns();
+    let (before, workers) = threads_cpu_ns("vring_worker");
     assert_eq!(workers, 1, "one worker per queue pair");
     std::thread::sleep(Duration::from_secs(1));
-    let spent_ms = (worker_cpu_ns().0 - before) / 1_000_000;
+    let spent_ms = (threads_cpu_ns("vring_worker").0 - before) / 1_000_000;
     eprintln!("worker_cpu_ms_over_1s={spent_ms}");
 
     // GET_VRING_BASE takes the RX ring's lock: it must answer.

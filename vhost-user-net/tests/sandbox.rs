@@ -2,35 +2,20 @@
 //! shows seccomp filter mode with both filters once it listens, and the
 //! relay's private directory is removed on exit despite Landlock.
 
-mod common;
-
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::enter_private_netns;
-
-fn seccomp_status(pid: u32) -> (String, String) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_default()
-    };
-    (field("Seccomp:"), field("Seccomp_filters:"))
-}
+use viaduct_test_kit::hostile::{GET_FEATURES, Raw};
+use viaduct_test_kit::netns::enter_private_netns;
+use viaduct_test_kit::procfs::seccomp_status;
 
 /// GET_FEATURES over a raw connection: the relay and the backend answer.
-fn features(sock: &std::path::Path) -> u64 {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let hdr: Vec<u8> = [1u32, 1, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
-    s.write_all(&hdr).unwrap();
-    let mut reply = [0u8; 20];
-    s.read_exact(&mut reply).unwrap();
-    u64::from_le_bytes(reply[12..20].try_into().unwrap())
+fn features(sock: &Path) -> u64 {
+    let reply = Raw::connect(sock)
+        .get(GET_FEATURES, &[])
+        .expect("GET_FEATURES answered");
+    u64::from_le_bytes(reply[..8].try_into().expect("an 8-byte reply"))
 }
 
 fn uid_of(pid: u32) -> String {
@@ -50,7 +35,7 @@ fn user_option_drops_root_serves_and_cleans_up() {
 }
 
 fn run_sandboxed(tap: &str, extra: &[&str], euid: &str) {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let sock = std::env::temp_dir().join(format!("vun-sandbox-{}-{tap}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
     let mut child = Command::new(env!("CARGO_BIN_EXE_vhost-user-net"))

@@ -2,12 +2,14 @@
 //! namespace; the test is the frontend (vhost crate) and the driver (rings
 //! built by hand in memfd memory), and watches the wire with AF_PACKET.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use vhost_user_net::counters::Drop;
+use viaduct_test_kit::frames::{eth_header, frame, ipv4_tcp_header, vnet_hdr};
+use viaduct_test_kit::frontend::net::{BUF_BASE, Guest, MEM_SIZE, QSIZE};
+use viaduct_test_kit::net_daemon::Daemon;
+use viaduct_test_kit::netns::enter_private_netns;
+use viaduct_test_kit::packet::PacketSocket;
 use virtio_devices::net::features::{
     CSUM, EVENT_IDX, GUEST_CSUM, GUEST_TSO4, HOST_TSO4, MQ, MRG_RXBUF, VERSION_1,
 };
@@ -17,24 +19,12 @@ const T: Duration = Duration::from_secs(5);
 
 /// A TCP/IPv4 frame of `len` bytes (headers included), from host to guest.
 fn tcp4_frame(len: usize) -> Vec<u8> {
-    let mut f = Vec::with_capacity(len);
-    f.extend_from_slice(&GUEST_MAC);
-    f.extend_from_slice(&HOST_MAC);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    let ip_len = (len - 14) as u16;
-    let mut ip = vec![
-        0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
-    ];
-    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-    let mut sum = 0u32;
-    for c in ip.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    f.extend_from_slice(&ip);
+    let mut f = eth_header(0x0800);
+    f.extend(ipv4_tcp_header(
+        (len - 14) as u16,
+        [10, 0, 0, 1],
+        [10, 0, 0, 2],
+    ));
     // TCP: ports, seq, ack, data offset 5, flags ACK|PSH, window.
     let tcp = [
         0x30, 0x39, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0,
@@ -48,9 +38,9 @@ fn tcp4_frame(len: usize) -> Vec<u8> {
 
 #[test]
 fn tx_frame_reaches_tap_bit_for_bit() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vut-tx0", 1);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     let mut g = Guest::connect(&d, VERSION_1 | MRG_RXBUF);
     let f = frame(1000, 1);
     // Header, then the frame split over two descriptors.
@@ -71,13 +61,13 @@ fn tx_frame_reaches_tap_bit_for_bit() {
 
 #[test]
 fn rx_frame_lands_in_rx_ring() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vut-rx0", 1);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     let mut g = Guest::connect(&d, VERSION_1);
     let bufs = g.post_rx(BUF_BASE, 8, 2048);
     let f = frame(1200, 3);
-    wire.send(&f);
+    wire.send(&f).expect("send");
     let (id, len) = g.rx.wait_used(&g.mem, T).expect("frame in rx ring");
     assert_eq!(id, u32::from(bufs[0].0));
     assert_eq!(len as usize, 12 + f.len());
@@ -93,13 +83,13 @@ fn rx_frame_lands_in_rx_ring() {
 
 #[test]
 fn rx_mrg_spreads_a_frame_over_buffers() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vut-mrg0", 1);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     let mut g = Guest::connect(&d, VERSION_1 | MRG_RXBUF);
     let bufs = g.post_rx(BUF_BASE, 16, 512);
     let f = frame(1400, 4);
-    wire.send(&f);
+    wire.send(&f).expect("send");
     let total = 12 + f.len();
     let mut got = Vec::new();
     let mut entries = Vec::new();
@@ -120,9 +110,9 @@ fn rx_mrg_spreads_a_frame_over_buffers() {
 
 #[test]
 fn rx_gso_frame_arrives_whole_when_guest_tso_acked() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vut-tso0", 1);
-    let wire = PacketSocket::open(&d.tap, true);
+    let wire = PacketSocket::open(&d.tap, true).expect("packet socket");
     let mut g = Guest::connect(&d, VERSION_1 | MRG_RXBUF | GUEST_CSUM | GUEST_TSO4);
     let bufs = g.post_rx(BUF_BASE, 64, 2048);
     // A 4000-byte TCP super-frame with a GSO header, as the host stack
@@ -131,7 +121,7 @@ fn rx_gso_frame_arrives_whole_when_guest_tso_acked() {
     let mut pkt = vnet_hdr(F_NEEDS_CSUM, GSO_TCPV4, 54, 1000, 34, 16);
     pkt.truncate(10);
     pkt.extend_from_slice(&f);
-    wire.send(&pkt);
+    wire.send(&pkt).expect("send");
     let (id, len) = g.rx.wait_used(&g.mem, T).expect("first buffer");
     assert_eq!(id, u32::from(bufs[0].0));
     let first = g.read(bufs[0].1, len as usize);
@@ -148,16 +138,16 @@ fn rx_gso_frame_arrives_whole_when_guest_tso_acked() {
 
 #[test]
 fn rx_gso_frame_is_segmented_without_guest_tso() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vut-tso1", 1);
-    let wire = PacketSocket::open(&d.tap, true);
+    let wire = PacketSocket::open(&d.tap, true).expect("packet socket");
     let mut g = Guest::connect(&d, VERSION_1 | MRG_RXBUF);
     g.post_rx(BUF_BASE, 64, 2048);
     let f = tcp4_frame(4000);
     let mut pkt = vnet_hdr(F_NEEDS_CSUM, GSO_TCPV4, 54, 1000, 34, 16);
     pkt.truncate(10);
     pkt.extend_from_slice(&f);
-    wire.send(&pkt);
+    wire.send(&pkt).expect("send");
     let mut segments = 0;
     while let Some((_, len)) = g.rx.wait_used(&g.mem, Duration::from_millis(500)) {
         assert!(len as usize <= 12 + 54 + 1000, "segment of {len} bytes");
@@ -168,9 +158,9 @@ fn rx_gso_frame_is_segmented_without_guest_tso() {
 
 #[test]
 fn tx_gso_frame_passes_when_host_tso_acked() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vut-tso2", 1);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     let mut g = Guest::connect(&d, VERSION_1 | CSUM | HOST_TSO4);
     let f = tcp4_frame(3000);
     let hdr = vnet_hdr(F_NEEDS_CSUM, GSO_TCPV4, 54, 1000, 34, 16);
@@ -186,9 +176,9 @@ fn tx_gso_frame_passes_when_host_tso_acked() {
 
 #[test]
 fn event_idx_negotiated_traffic_flows_both_ways() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vut-eidx0", 1);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     let mut g = Guest::connect(&d, VERSION_1 | MRG_RXBUF | EVENT_IDX);
     let hdr = vnet_hdr(0, 0, 0, 0, 0, 0);
     for i in 0..20u8 {
@@ -200,7 +190,7 @@ fn event_idx_negotiated_traffic_flows_both_ways() {
     let bufs = g.post_rx(BUF_BASE + 0x100000, 4, 2048);
     for i in 0..3u8 {
         let f = frame(500, 100 + i);
-        wire.send(&f);
+        wire.send(&f).expect("send");
         let (id, len) = g.rx.wait_used(&g.mem, T).expect("rx");
         let at = bufs.iter().find(|b| u32::from(b.0) == id).unwrap().1;
         assert_eq!(g.read(at + 12, len as usize - 12), f);
@@ -216,9 +206,9 @@ fn event_idx_negotiated_traffic_flows_both_ways() {
 
 #[test]
 fn second_queue_pair_transmits_on_its_own_tap_queue() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vut-mq0", 2);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     let mut g = Guest::connect_pairs(&d, VERSION_1 | MRG_RXBUF | MQ, 2);
     let hdr = vnet_hdr(0, 0, 0, 0, 0, 0);
     let f = frame(400, 42);
@@ -238,9 +228,9 @@ fn second_queue_pair_transmits_on_its_own_tap_queue() {
 
 #[test]
 fn tx_bad_inputs_are_dropped_and_the_queue_goes_on() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vut-bad0", 1);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     let mut g = Guest::connect(&d, VERSION_1);
     let hdr = vnet_hdr(0, 0, 0, 0, 0, 0);
     // Shorter than the header.
@@ -282,12 +272,12 @@ fn tx_bad_inputs_are_dropped_and_the_queue_goes_on() {
 
 #[test]
 fn rx_waits_for_buffers_then_delivers() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vut-wait0", 1);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     let mut g = Guest::connect(&d, VERSION_1 | MRG_RXBUF);
     let f = frame(800, 8);
-    wire.send(&f);
+    wire.send(&f).expect("send");
     // No buffers: nothing completes, nothing is dropped.
     assert_eq!(g.rx.wait_used(&g.mem, Duration::from_millis(300)), None);
     let bufs = g.post_rx(BUF_BASE, 2, 2048);
@@ -300,9 +290,9 @@ fn rx_waits_for_buffers_then_delivers() {
 
 #[test]
 fn reconnect_serves_a_new_frontend_with_the_same_tap() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vut-rec0", 1);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     let hdr = vnet_hdr(0, 0, 0, 0, 0, 0);
     for round in 0..3u8 {
         let mut g = Guest::connect(&d, VERSION_1);
@@ -317,13 +307,13 @@ fn reconnect_serves_a_new_frontend_with_the_same_tap() {
 
 #[test]
 fn rx_frame_parked_until_the_guest_adds_enough_buffers() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vut-park0", 1);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     let mut g = Guest::connect(&d, VERSION_1 | MRG_RXBUF);
     let first = g.post_rx(BUF_BASE, 1, 512);
     let f = frame(1400, 20);
-    wire.send(&f);
+    wire.send(&f).expect("send");
     // One 512-byte buffer can't take 1412 bytes: nothing is published yet.
     assert_eq!(g.rx.wait_used(&g.mem, Duration::from_millis(300)), None);
     let more = g.post_rx(BUF_BASE + 0x1000, 4, 512);
@@ -353,14 +343,14 @@ fn rx_frame_parked_until_the_guest_adds_enough_buffers() {
 
 #[test]
 fn rx_without_mrg_drops_frames_larger_than_a_buffer_and_goes_on() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vut-big0", 1);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     let mut g = Guest::connect(&d, VERSION_1);
     let bufs = g.post_rx(BUF_BASE, 2, 512);
-    wire.send(&frame(1400, 21));
+    wire.send(&frame(1400, 21)).expect("send");
     let small = frame(100, 22);
-    wire.send(&small);
+    wire.send(&small).expect("send");
     let (id, len) = g.rx.wait_used(&g.mem, T).expect("small frame");
     assert_eq!(
         id,
@@ -373,9 +363,9 @@ fn rx_without_mrg_drops_frames_larger_than_a_buffer_and_goes_on() {
 
 #[test]
 fn rx_bad_buffers_are_returned_empty_and_counted() {
-    enter_private_netns();
+    enter_private_netns().expect("private network namespace");
     let d = Daemon::start("vut-badrx0", 1);
-    let wire = PacketSocket::open(&d.tap, false);
+    let wire = PacketSocket::open(&d.tap, false).expect("packet socket");
     let mut g = Guest::connect(&d, VERSION_1);
     // Device-readable (wrong direction), too small for the header, and
     // outside guest memory; then a good one.
@@ -385,7 +375,7 @@ fn rx_bad_buffers_are_returned_empty_and_counted() {
     let good = g.rx.add(&g.mem, &[(BUF_BASE + 0x2000, 2048, true)]);
     g.kick_rx();
     let f = frame(300, 23);
-    wire.send(&f);
+    wire.send(&f).expect("send");
     for h in [h1, h2, h3] {
         assert_eq!(g.rx.wait_used(&g.mem, T), Some((u32::from(h), 0)));
     }

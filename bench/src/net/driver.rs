@@ -1,10 +1,9 @@
 //! Our own minimal vhost-user-net driver (from vhost-user-net's throughput
-//! example): memfd guest memory, hand-built split rings for queue pair 0,
-//! a TX loop that keeps the ring full and an RX loop that recycles buffers.
-//! It polls the used rings (no call eventfd waits), like a busy guest.
+//! example): the test kit's memfd guest memory, hand-built split rings for
+//! queue pair 0, a TX loop that keeps the ring full and an RX loop that
+//! recycles buffers. It polls the used rings (no call eventfd waits), like
+//! a busy guest.
 
-use std::fs::File;
-use std::os::fd::FromRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -12,7 +11,7 @@ use std::time::Duration;
 use vhost::vhost_user::message::VhostUserVirtioFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Errors of the driver.
@@ -121,20 +120,7 @@ pub struct Guest {
 }
 
 fn guest_memory() -> Result<GuestMemoryMmap, DriverError> {
-    // SAFETY: memfd_create with a valid C string; the result is checked.
-    let fd = unsafe { libc::memfd_create(c"viaduct-bench-guest".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(mem_err(std::io::Error::last_os_error()));
-    }
-    // SAFETY: memfd_create just returned this fd; File takes ownership.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(MEM_SIZE as u64).map_err(mem_err)?;
-    GuestMemoryMmap::from_ranges_with_files(&[(
-        GuestAddress(0),
-        MEM_SIZE,
-        Some(FileOffset::new(file, 0)),
-    )])
-    .map_err(mem_err)
+    viaduct_test_kit::memory::guest_memory(c"viaduct-bench-guest", MEM_SIZE).map_err(mem_err)
 }
 
 impl Guest {

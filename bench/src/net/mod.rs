@@ -4,7 +4,6 @@
 
 pub mod cases;
 pub mod driver;
-pub mod frames;
 pub mod systems;
 pub mod tap;
 pub mod testpmd;
@@ -20,6 +19,8 @@ use systems::Env;
 pub enum NetError {
     #[error(transparent)]
     Tap(#[from] tap::TapError),
+    #[error(transparent)]
+    Netns(#[from] viaduct_test_kit::netns::NetnsError),
     #[error("{0}: {1}")]
     Dir(PathBuf, std::io::Error),
 }
@@ -36,7 +37,7 @@ pub fn run(
         .map_err(|e| NetError::Dir(dir.into(), e))?
         .join("net-work");
     std::fs::create_dir_all(&work).map_err(|e| NetError::Dir(work.clone(), e))?;
-    tap::enter_private_netns()?;
+    viaduct_test_kit::netns::enter_private_netns()?;
     notes.push(
         "All traffic stays in a private network namespace made by the suite (unshare CLONE_NEWNET); \
          frames use a local-experimental ethertype that nothing answers."

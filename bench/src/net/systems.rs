@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use crate::bins;
 use crate::model::Measurement;
 use crate::net::driver::{self, Guest};
-use crate::net::frames;
 use crate::net::tap::{self, Flooder};
 use crate::net::testpmd::{self, Core, Stats};
 use crate::proc::{self, Task};
 use crate::runner::{RunError, Timing};
 use crate::spawn::Proc;
+use viaduct_test_kit::frames;
 
 /// Traffic direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,7 +206,7 @@ pub fn viaduct_own(env: &Env, t: Traffic, timing: &Timing) -> Result<Measurement
     let pkt = if t.gso {
         frames::gso_packet(t.len)
     } else {
-        frames::plain_packet(t.len)
+        frames::plain_packet(t.len, 0)
     };
     let stop = Arc::new(AtomicBool::new(false));
     let (tid_tx, tid_rx) = mpsc::channel();
@@ -326,7 +326,7 @@ pub fn raw_tap(t: Traffic, timing: &Timing) -> Result<Measurement, RunError> {
     let pkt = if t.gso {
         frames::gso_packet(t.len)
     } else {
-        frames::plain_packet(t.len)
+        frames::plain_packet(t.len, 0)
     };
     let _flood = match t.dir {
         Dir::TapToGuest => Some(Flooder::start(RAW_TAP, t.len).map_err(failed)?),

@@ -1,13 +1,16 @@
-//! The host side of the wire: the suite's private network namespace, TAP
-//! devices opened directly (the raw-TAP limit), link state, per-interface
-//! counters from /proc/thread-self/net/dev, and an AF_PACKET flooder that
-//! makes the kernel transmit into a TAP (the TAP→guest direction).
+//! The host side of the wire: TAP devices opened directly (the raw-TAP
+//! limit), link state, per-interface counters from
+//! /proc/thread-self/net/dev, and a flooder on the test kit's AF_PACKET
+//! socket that makes the kernel transmit into a TAP (the TAP→guest
+//! direction).
 
-use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use viaduct_test_kit::frames::frame;
+use viaduct_test_kit::packet::{PacketError, PacketSocket};
 
 /// Errors on the host side.
 #[derive(Debug, thiserror::Error)]
@@ -18,20 +21,12 @@ pub enum TapError {
     NoIface(String),
     #[error("bad interface name {0:?}")]
     Name(String),
+    #[error(transparent)]
+    Packet(#[from] PacketError),
 }
 
 fn os(what: &'static str) -> TapError {
     TapError::Os(what, std::io::Error::last_os_error())
-}
-
-/// Moves the calling thread (and every process and thread it starts
-/// afterwards) into a new, empty network namespace.
-pub fn enter_private_netns() -> Result<(), TapError> {
-    // SAFETY: unshare(CLONE_NEWNET) only changes this thread's namespace.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(os("unshare(CLONE_NEWNET)"));
-    }
-    Ok(())
 }
 
 #[repr(C)]
@@ -154,53 +149,6 @@ pub fn counters(name: &str) -> Result<Counters, TapError> {
     parse_net_dev(&text, name).ok_or_else(|| TapError::NoIface(name.into()))
 }
 
-/// An AF_PACKET socket bound to an interface.
-pub struct PacketSocket {
-    fd: OwnedFd,
-}
-
-impl PacketSocket {
-    pub fn open(ifname: &str) -> Result<PacketSocket, TapError> {
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket(2).
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-        if fd < 0 {
-            return Err(os("packet socket"));
-        }
-        // SAFETY: socket() just returned it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let cname = CString::new(ifname).map_err(|_| TapError::Name(ifname.into()))?;
-        // SAFETY: valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-        if ifindex == 0 {
-            return Err(TapError::NoIface(ifname.into()));
-        }
-        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: bind reads one sockaddr_ll of the given size.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if r != 0 {
-            return Err(os("bind packet socket"));
-        }
-        Ok(PacketSocket { fd })
-    }
-
-    /// Sends one frame; false if the kernel refused it (queue full etc).
-    pub fn send(&self, bytes: &[u8]) -> bool {
-        // SAFETY: send reads `bytes`.
-        unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) > 0 }
-    }
-}
-
 /// A thread sending `len`-byte frames into `ifname` until dropped.
 pub struct Flooder {
     stop: Arc<AtomicBool>,
@@ -209,14 +157,15 @@ pub struct Flooder {
 
 impl Flooder {
     pub fn start(ifname: &str, len: usize) -> Result<Flooder, TapError> {
-        let s = PacketSocket::open(ifname)?;
+        let s = PacketSocket::open(ifname, false)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let f = super::frames::frame(len);
+        let f = frame(len, 0);
         let st = stop.clone();
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 for _ in 0..64 {
-                    s.send(&f);
+                    // A full queue drops the frame; the counters tell.
+                    let _ = s.send(&f);
                 }
             }
         });

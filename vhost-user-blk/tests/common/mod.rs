@@ -1,16 +1,18 @@
-//! Test harness: start the real daemon binary (this file), and play a
-//! vhost-user frontend against it (`frontend`).
+//! Test harness: start the real daemon binary (this file), throttle its
+//! disk (`slow_disk`), and play the test kit's virtio-blk frontend against
+//! it (re-exported here with the kit's disk images).
 
-#![allow(dead_code)]
+// Each test binary uses a part of the harness.
+#![allow(dead_code, unused_imports)]
 
-mod frontend;
 pub mod slow_disk;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-pub use frontend::*;
+pub use viaduct_test_kit::frontend::blk::*;
+pub use viaduct_test_kit::images::{pattern, raw_image};
 
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -102,6 +104,15 @@ impl Daemon {
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+}
+
+/// A daemon serving a fresh `size`-byte [`raw_image`] (`disk.img`, socket
+/// `sock`) in a new temp dir tagged `tag`, with `extra` flags.
+pub fn serve_raw_image(tag: &str, size: usize, extra: &[&str]) -> (TempDir, Daemon) {
+    let dir = TempDir::new(tag);
+    raw_image(&dir.path("disk.img"), size);
+    let d = Daemon::start(&dir.path("sock"), &dir.path("disk.img"), extra);
+    (dir, d)
 }
 
 impl Drop for Daemon {

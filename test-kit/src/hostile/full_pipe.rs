@@ -11,7 +11,10 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::raw::*;
+use super::proto::*;
+use super::raw::{MEM, Raw, eventfd, memfd};
+use super::scenario::Outcome;
+use crate::frontend::blk::VIRTIO_BLK_T_GET_ID;
 
 /// Guest-physical layout of queue 0 (16 entries) in the 1 MiB memfd.
 const DESC: u64 = 0x1000;
@@ -21,7 +24,6 @@ const HEADER: u64 = 0x8000;
 const ID: u64 = 0x9000;
 const STATUS: u64 = 0xa000;
 const UADDR: u64 = 0x4000_0000;
-const VIRTIO_BLK_T_GET_ID: u32 = 8;
 
 /// A pipe whose buffer is full, with a blocking write end: `(read, write)`.
 pub fn full_pipe() -> (OwnedFd, OwnedFd) {
@@ -108,8 +110,8 @@ pub fn pipe_as_err(r: &mut Raw, pipe: RawFd) -> Acks {
     acks
 }
 
-/// A full pipe as the call fd, then one GET_ID request: the worker
-/// signals its completion.
+/// A full pipe as the call fd, then one virtio-blk GET_ID request: the
+/// worker signals its completion (a block device only).
 pub fn pipe_as_call(r: &mut Raw, pipe: RawFd) -> Acks {
     r.hello();
     let mem = memfd(MEM);

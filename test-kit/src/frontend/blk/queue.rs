@@ -1,66 +1,15 @@
-//! The frontend half of the harness: the vhost crate's `Frontend`,
-//! memfd-backed guest memory, and split rings built by hand in that memory.
-//! Shared by the tests and the bench example.
+//! The driver side of one split virtqueue in the test's guest memory:
+//! descriptor chains written by hand, the avail ring published, the used
+//! ring collected, and virtio-blk requests built on top.
 
-#![allow(dead_code)]
-
-use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::path::Path;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-pub const VIRTIO_BLK_T_IN: u32 = 0;
-pub const VIRTIO_BLK_T_OUT: u32 = 1;
-pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
-pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
-pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
-pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
-pub const S_OK: u8 = 0;
-pub const S_IOERR: u8 = 1;
-pub const S_UNSUPP: u8 = 2;
-pub const F_EVENT_IDX: u64 = 1 << 29;
-pub const F_VERSION_1: u64 = 1 << 32;
-pub const F_INDIRECT: u64 = 1 << 28;
-
-const MEM_SIZE: usize = 32 << 20;
-const RING_BASE: u64 = 0x10_0000;
-const DATA_BASE: u64 = 0x80_0000;
-const DATA_PER_QUEUE: u64 = 0x20_0000;
-
-/// Guest-physical range of queue `q`'s rings (descriptor table, avail and
-/// used ring) as [`TestQueue::new`] lays them out.
-pub fn ring_area(q: usize) -> std::ops::Range<u64> {
-    let base = RING_BASE + q as u64 * 0x1_0000;
-    base..base + 0x1_0000
-}
-
-/// Guest memory size of [`guest_memory`].
-pub const GUEST_MEM_SIZE: usize = MEM_SIZE;
-
-/// Shared guest memory backed by a memfd.
-pub fn guest_memory() -> GuestMemoryMmap {
-    // SAFETY: memfd_create with a valid C string; the fd is checked below.
-    let fd = unsafe { libc::memfd_create(c"vub-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: we just created this fd and hand its ownership to File.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(MEM_SIZE as u64).unwrap();
-    GuestMemoryMmap::from_ranges_with_files(&[(
-        GuestAddress(0),
-        MEM_SIZE,
-        Some(FileOffset::new(file, 0)),
-    )])
-    .unwrap()
-}
+use super::{DATA_BASE, DATA_PER_QUEUE, RING_BASE, VIRTIO_BLK_T_OUT};
 
 /// The driver side of one split virtqueue in guest memory.
 pub struct TestQueue {
@@ -287,119 +236,4 @@ impl TestQueue {
             .unwrap();
         v
     }
-}
-
-/// A connected, fully set-up frontend.
-pub struct Session {
-    pub fe: Frontend,
-    pub mem: GuestMemoryMmap,
-    pub queues: Vec<TestQueue>,
-    pub features: u64,
-    pub protocol: VhostUserProtocolFeatures,
-}
-
-/// Connect and negotiate; `want` masks the virtio features we ack.
-pub fn connect(socket: &Path, num_queues: usize, queue_size: u16, want: u64) -> Session {
-    connect_with(socket, num_queues, queue_size, want, false)
-}
-
-/// Like [`connect`]; with `mem_slots`, negotiate CONFIGURE_MEM_SLOTS and
-/// hand memory over with ADD_MEM_REG instead of SET_MEM_TABLE.
-pub fn connect_with(
-    socket: &Path,
-    num_queues: usize,
-    queue_size: u16,
-    want: u64,
-    mem_slots: bool,
-) -> Session {
-    connect_mem(
-        socket,
-        guest_memory(),
-        num_queues,
-        queue_size,
-        want,
-        mem_slots,
-    )
-}
-
-/// Like [`connect_with`], with guest memory the caller prepared (its ring
-/// areas must be zero).
-pub fn connect_mem(
-    socket: &Path,
-    mem: GuestMemoryMmap,
-    num_queues: usize,
-    queue_size: u16,
-    want: u64,
-    mem_slots: bool,
-) -> Session {
-    let mut fe = Frontend::connect(socket, num_queues as u64).unwrap();
-    fe.set_owner().unwrap();
-    let offered = fe.get_features().unwrap();
-    let features = offered & (want | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits());
-    fe.set_features(features).unwrap();
-    let offered_pf = fe.get_protocol_features().unwrap();
-    let mut wanted_pf = VhostUserProtocolFeatures::MQ
-        | VhostUserProtocolFeatures::CONFIG
-        | VhostUserProtocolFeatures::REPLY_ACK;
-    if mem_slots {
-        wanted_pf |= VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
-    }
-    let protocol = offered_pf & wanted_pf;
-    fe.set_protocol_features(protocol).unwrap();
-    let regions: Vec<_> = mem
-        .iter()
-        .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).unwrap())
-        .collect();
-    if mem_slots {
-        assert!(fe.get_max_mem_slots().unwrap() >= regions.len() as u64);
-        for r in &regions {
-            fe.add_mem_region(r).unwrap();
-        }
-    } else {
-        fe.set_mem_table(&regions).unwrap();
-    }
-    let event_idx = features & F_EVENT_IDX != 0;
-    let mut queues = Vec::new();
-    for q in 0..num_queues {
-        let tq = TestQueue::new(&mem, q, queue_size, event_idx);
-        let va = |gpa: u64| mem.get_host_address(GuestAddress(gpa)).unwrap() as u64;
-        fe.set_vring_num(q, queue_size).unwrap();
-        fe.set_vring_addr(
-            q,
-            &VringConfigData {
-                queue_max_size: queue_size,
-                queue_size,
-                flags: 0,
-                desc_table_addr: va(tq.desc),
-                used_ring_addr: va(tq.used),
-                avail_ring_addr: va(tq.avail),
-                log_addr: None,
-            },
-        )
-        .unwrap();
-        fe.set_vring_base(q, 0).unwrap();
-        fe.set_vring_call(q, &tq.call).unwrap();
-        fe.set_vring_kick(q, &tq.kick).unwrap();
-        fe.set_vring_enable(q, true).unwrap();
-        queues.push(tq);
-    }
-    let _ = mem.iter().map(|r| r.len()).sum::<u64>();
-    Session {
-        fe,
-        mem,
-        queues,
-        features,
-        protocol,
-    }
-}
-
-/// A raw image of `size` bytes filled with a recognisable pattern.
-pub fn raw_image(path: &Path, size: usize) {
-    let data: Vec<u8> = (0..size).map(|i| (i / 512 % 251) as u8).collect();
-    std::fs::write(path, data).unwrap();
-}
-
-/// Pattern byte of sector `s` in `raw_image`.
-pub fn pattern(sector: u64) -> u8 {
-    (sector % 251) as u8
 }
