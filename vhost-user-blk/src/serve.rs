@@ -9,9 +9,9 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use vhost::vhost_user::Listener;
 use vhost_user_backend::VringEpollHandler;
 use vhost_user_daemon::inflight::SharedRegion;
+use vhost_user_daemon::listen::Bound;
 use vhost_user_daemon::private_socket::PrivateSocket;
 use vhost_user_daemon::serve::{self, DeviceError, GuestMemoryShared, ServeError};
 use vhost_user_daemon::shutdown::Shutdown;
@@ -38,7 +38,7 @@ pub enum RunError {
 /// The daemon's long-lived state.
 pub struct Server {
     device: BlkDevice,
-    listener: Listener,
+    listener: Bound,
     private: PrivateSocket,
     shutdown: Arc<Shutdown>,
 }
@@ -115,7 +115,7 @@ impl Server {
     pub fn new(
         config: Config,
         disk: Disk,
-        listener: Listener,
+        listener: Bound,
         private: PrivateSocket,
         counters: Arc<Vec<QueueCounters>>,
         shutdown: Arc<Shutdown>,

@@ -8,10 +8,10 @@
 //! when the daemon exits.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 
@@ -63,8 +63,41 @@ pub enum ListenError {
     Poll(#[source] io::Error),
 }
 
+/// A bound listener; the socket path (if we made one) is removed on drop.
+pub struct Bound {
+    listener: Listener,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound").field("path", &self.path).finish()
+    }
+}
+
+impl std::ops::Deref for Bound {
+    type Target = Listener;
+    fn deref(&self) -> &Listener {
+        &self.listener
+    }
+}
+
+impl std::ops::DerefMut for Bound {
+    fn deref_mut(&mut self) -> &mut Listener {
+        &mut self.listener
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// Binds `listen` by the rules above.
-pub fn bind(listen: &Listen) -> Result<Listener, ListenError> {
+pub fn bind(listen: &Listen) -> Result<Bound, ListenError> {
     match listen {
         Listen::Path(path) => {
             let shown = path.display().to_string();
@@ -78,7 +111,12 @@ pub fn bind(listen: &Listen) -> Result<Listener, ListenError> {
                 // Stale socket of a dead daemon.
                 let _ = std::fs::remove_file(path);
             }
-            Listener::new(path, false).map_err(|e| ListenError::Bind(shown, e))
+            let listener = bind_whole(path)
+                .map_err(|e| ListenError::Bind(shown, VhostUserError::SocketError(e)))?;
+            Ok(Bound {
+                listener,
+                path: Some(path.clone()),
+            })
         }
         Listen::Fd(fd) => {
             if !is_listening_socket(*fd) {
@@ -87,9 +125,49 @@ pub fn bind(listen: &Listen) -> Result<Listener, ListenError> {
             // SAFETY: the caller handed this fd over for our exclusive use
             // (backend program conventions) and we checked it is a listening
             // socket; the Listener becomes its only owner.
-            Ok(unsafe { Listener::from_raw_fd(*fd) })
+            let listener = unsafe { Listener::from_raw_fd(*fd) };
+            Ok(Bound {
+                listener,
+                path: None,
+            })
         }
     }
+}
+
+/// Binds and listens under a temporary name beside `path`, then renames it
+/// into place (never over anything), so the socket appears already
+/// listening: a frontend that connects as soon as the path exists (libvirt,
+/// test harnesses) is never refused in the gap between bind and listen.
+fn bind_whole(path: &Path) -> io::Result<Listener> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.binding", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    let (from, to) = (cstr(&tmp)?, cstr(path)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // SAFETY: a listening socket we just made; the Listener becomes its
+    // only owner.
+    Ok(unsafe { Listener::from_raw_fd(listener.into_raw_fd()) })
+}
+
+fn cstr(p: &Path) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in socket path"))
 }
 
 fn is_listening_socket(fd: RawFd) -> bool {
@@ -185,6 +263,34 @@ mod tests {
         assert!(UnixStream::connect(&p).is_ok());
         drop(l);
         assert!(!p.exists(), "a bound path is removed at exit");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_path_appears_already_listening() {
+        // A frontend that connects the moment the path exists must never
+        // be refused (it was, under load, between bind and listen).
+        let d = tmp("race");
+        for i in 0..200 {
+            let p = d.join(format!("s{i}"));
+            let watcher = {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    loop {
+                        if p.exists() {
+                            return UnixStream::connect(&p).map(|_| ());
+                        }
+                        std::hint::spin_loop();
+                    }
+                })
+            };
+            let l = bind(&Listen::Path(p.clone())).unwrap();
+            let r = watcher.join().unwrap();
+            assert!(r.is_ok(), "connect the moment {p:?} appeared: {r:?}");
+            drop(l);
+        }
+        let left: Vec<_> = std::fs::read_dir(&d).unwrap().collect();
+        assert!(left.is_empty(), "no temporary names left behind: {left:?}");
         let _ = std::fs::remove_dir_all(&d);
     }
 
