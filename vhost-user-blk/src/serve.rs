@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use vhost_user_backend::VringEpollHandler;
+use vhost_user_daemon::dirty_log::DirtyLog;
 use vhost_user_daemon::inflight::SharedRegion;
 use vhost_user_daemon::listen::Bound;
 use vhost_user_daemon::private_socket::PrivateSocket;
@@ -59,6 +60,7 @@ impl serve::Device for BlkDevice {
     fn connect(
         &self,
         mem: GuestMemoryShared,
+        _log: DirtyLog,
     ) -> Result<(Arc<VhostUserBlkBackend>, BlkFilter), DeviceError> {
         let region = SharedRegion::default();
         let settings = WorkerSettings {

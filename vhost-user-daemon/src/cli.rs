@@ -46,6 +46,10 @@ pub struct CommonArgs {
     /// user (its uid and primary gid, no supplementary groups).
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// Test-only negative control (hidden): accept dirty logging and never
+    /// mark a page, so a migration test can show it detects lost writes.
+    #[arg(long, hide = true)]
+    pub test_never_mark_dirty: bool,
 }
 
 impl CommonArgs {

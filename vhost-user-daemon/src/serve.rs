@@ -15,6 +15,8 @@ use vhost_user_backend::{
 };
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
+use crate::dirty_log::DirtyLog;
+use crate::dirty_log::filter::Logging;
 use crate::listen::{ListenError, wait_for_connection};
 use crate::private_socket::{PrivateSocket, RelaySocketError};
 use crate::relay::{self, Filter};
@@ -55,12 +57,24 @@ pub trait Device {
     type Filter: Filter;
     /// The daemon's name (thread name, logs).
     const NAME: &'static str;
+    /// Every path on which the device writes guest memory marks the dirty
+    /// log, so the frontend may be offered `VHOST_F_LOG_ALL` and
+    /// `PROTOCOL_F_LOG_SHMFD` (live migration).
+    const LOGS_DIRTY_PAGES: bool = false;
 
     /// A fresh backend over `mem` for one connection, and its relay filter.
+    /// The backend's workers mark what they write in `log`.
     fn connect(
         &self,
         mem: GuestMemoryShared,
+        log: DirtyLog,
     ) -> Result<(Arc<Self::Backend>, Self::Filter), DeviceError>;
+
+    /// Test-only negative control (a hidden flag): accept logging but
+    /// never mark, so a migration test can show it detects lost pages.
+    fn never_mark_dirty(&self) -> bool {
+        false
+    }
 
     /// Wires the backend to the daemon's worker epolls (extra fds to
     /// watch, say) before the frontend's first message.
@@ -130,7 +144,11 @@ where
     <D::Backend as VhostUserBackend>::Vring: Clone + Send + Sync,
 {
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    let (backend, filter) = device.connect(mem.clone()).map_err(ServeError::Device)?;
+    let log = DirtyLog::new(device.never_mark_dirty());
+    let (backend, filter) = device
+        .connect(mem.clone(), log.clone())
+        .map_err(ServeError::Device)?;
+    let filter = Logging::new(filter, log, D::LOGS_DIRTY_PAGES);
     let mut daemon = VhostUserDaemon::new(D::NAME.into(), Arc::clone(&backend), mem)
         .map_err(|e| ServeError::Daemon(e.to_string()))?;
     let handlers = daemon.get_epoll_handlers();

@@ -10,6 +10,7 @@ use log::info;
 use thiserror::Error;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VringEpollHandler;
+use vhost_user_daemon::dirty_log::DirtyLog;
 use vhost_user_daemon::private_socket::PrivateSocket;
 use vhost_user_daemon::serve::{self as skeleton, DeviceError, GuestMemoryShared};
 use vhost_user_daemon::shutdown::Shutdown;
@@ -95,7 +96,11 @@ impl skeleton::Device for Device {
     type Filter = NetFilter;
     const NAME: &'static str = "vhost-user-net";
 
-    fn connect(&self, mem: GuestMemoryShared) -> Result<(Arc<NetBackend>, NetFilter), DeviceError> {
+    fn connect(
+        &self,
+        mem: GuestMemoryShared,
+        _log: DirtyLog,
+    ) -> Result<(Arc<NetBackend>, NetFilter), DeviceError> {
         let backend = Arc::new(NetBackend::new(
             &self.taps,
             &self.counters,

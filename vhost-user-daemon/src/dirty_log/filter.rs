@@ -47,16 +47,21 @@ const REGION_LEN: usize = 32;
 pub struct Logging<F: Filter> {
     inner: F,
     log: DirtyLog,
+    /// Offer logging to the frontend. A daemon whose write paths do not
+    /// all mark yet must not: the frontend would migrate stale pages.
+    offer: bool,
     /// End of the highest guest physical address in the memory table.
     mem_end: u64,
 }
 
 impl<F: Filter> Logging<F> {
-    /// `inner` sees every message this wrapper does not consume.
-    pub fn new(inner: F, log: DirtyLog) -> Logging<F> {
+    /// `inner` sees every message this wrapper does not consume. With
+    /// `offer` false the wrapper passes everything through untouched.
+    pub fn new(inner: F, log: DirtyLog, offer: bool) -> Logging<F> {
         Logging {
             inner,
             log,
+            offer,
             mem_end: 0,
         }
     }
@@ -107,6 +112,9 @@ impl<F: Filter> Logging<F> {
 
 impl<F: Filter> Filter for Logging<F> {
     fn on_frontend(&mut self, m: Msg, out: &mut Vec<Routed>) {
+        if !self.offer {
+            return self.inner.on_frontend(m, out);
+        }
         match m.request() {
             REQ_SET_LOG_BASE => match self.set_log_base(&m) {
                 Ok(reply) => out.push(Routed::ToFrontend(reply)),
@@ -156,6 +164,9 @@ impl<F: Filter> Filter for Logging<F> {
 
     fn to_frontend(&self, m: Msg) -> Msg {
         let m = self.inner.to_frontend(m);
+        if !self.offer {
+            return m;
+        }
         match (m.request(), m.payload_u64()) {
             (REQ_GET_FEATURES, Some(f)) => m.with_payload_u64(f | F_LOG_ALL),
             (REQ_GET_PROTOCOL_FEATURES, Some(p)) => m.with_payload_u64(p | PROTOCOL_F_LOG_SHMFD),
@@ -238,7 +249,7 @@ mod tests {
     #[test]
     fn log_base_is_answered_here_and_never_reaches_the_backend() {
         let log = DirtyLog::new(false);
-        let mut f = Logging::new(Pass, log.clone());
+        let mut f = Logging::new(Pass, log.clone(), true);
         run(&mut f, mem_table(&[(0, 512 << 20)]));
         let need = region::bytes_for(512 << 20);
         let out = run(&mut f, log_base(need, 0, memfd(need)));
@@ -273,7 +284,7 @@ mod tests {
     #[test]
     fn a_log_too_small_for_the_memory_table_is_refused() {
         let log = DirtyLog::new(false);
-        let mut f = Logging::new(Pass, log.clone());
+        let mut f = Logging::new(Pass, log.clone(), true);
         run(&mut f, mem_table(&[(0, 1 << 30), (4 << 30, 1 << 30)]));
         let short = region::bytes_for(1 << 30);
         let out = run(&mut f, log_base(short, 0, memfd(short)));
@@ -284,7 +295,7 @@ mod tests {
     #[test]
     fn hostile_log_fds_are_refused() {
         let log = DirtyLog::new(false);
-        let mut f = Logging::new(Pass, log.clone());
+        let mut f = Logging::new(Pass, log.clone(), true);
         // Past the end of the file.
         let out = run(&mut f, log_base(8192, 0, memfd(4096)));
         assert!(matches!(out.as_slice(), [Routed::Hangup(_)]));
@@ -304,7 +315,7 @@ mod tests {
 
     #[test]
     fn offers_and_strips_the_feature_bits() {
-        let f = Logging::new(Pass, DirtyLog::new(false));
+        let f = Logging::new(Pass, DirtyLog::new(false), true);
         let r = f.to_frontend(Msg::reply_u64(REQ_GET_FEATURES, 1));
         assert_eq!(r.payload_u64(), Some(1 | F_LOG_ALL));
         let r = f.to_frontend(Msg::reply_u64(REQ_GET_PROTOCOL_FEATURES, 0x8));
@@ -326,8 +337,24 @@ mod tests {
     }
 
     #[test]
+    fn without_offer_everything_passes_untouched() {
+        let mut f = Logging::new(Pass, DirtyLog::new(false), false);
+        let r = f.to_frontend(Msg::reply_u64(REQ_GET_FEATURES, 1));
+        assert_eq!(r.payload_u64(), Some(1));
+        let r = f.to_frontend(Msg::reply_u64(REQ_GET_PROTOCOL_FEATURES, 0x8));
+        assert_eq!(r.payload_u64(), Some(0x8));
+        let m = Msg::new(
+            REQ_SET_LOG_BASE,
+            FLAG_VERSION,
+            vec![0; 16],
+            vec![memfd(4096)],
+        );
+        assert!(matches!(run(&mut f, m).as_slice(), [Routed::ToBackend(_)]));
+    }
+
+    #[test]
     fn set_log_fd_is_acked_when_asked_and_swallowed() {
-        let mut f = Logging::new(Pass, DirtyLog::new(false));
+        let mut f = Logging::new(Pass, DirtyLog::new(false), true);
         let m = Msg::new(REQ_SET_LOG_FD, FLAG_VERSION, vec![], vec![memfd(1)]);
         assert!(run(&mut f, m).is_empty());
         let m = Msg::new(
