@@ -5,6 +5,7 @@
 //!   over memfd guest memory (`memory`) with hand-built split rings;
 //! - `hostile`: a hostile frontend, its hand-built wire format and the
 //!   catalogue of bad sessions both daemons must survive;
+//! - `dirty_log`: the frontend's dirty-page bitmap (migration tests);
 //! - `frames`, `packet`, `netns`: Ethernet/virtio-net frames, the AF_PACKET
 //!   host side of a TAP, a private network namespace;
 //! - `images`, `procfs`: disk images (raw pattern, qemu-img), and what
@@ -14,6 +15,7 @@
 //! Helpers that only tests call panic with a message on failure (the data
 //! is the test's own); what the bench also calls returns errors.
 
+pub mod dirty_log;
 pub mod frames;
 pub mod frontend;
 pub mod hostile;
