@@ -114,6 +114,12 @@ pub struct Args {
     /// vhost-user and ring overhead alone. Written data is NOT stored.
     #[arg(long)]
     pub null_io: bool,
+    /// This daemon serves the destination of a live migration while the
+    /// source daemon still has the image open: the image's lock is taken
+    /// when the frontend starts the first queue (after the switch-over,
+    /// when the source daemon has flushed and released it), not at start.
+    #[arg(long)]
+    pub incoming: bool,
 }
 
 /// The capabilities JSON printed by `--print-capabilities`.

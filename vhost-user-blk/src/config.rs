@@ -139,6 +139,9 @@ pub struct Config {
     pub poll: Duration,
     /// Benchmarking: reads and writes complete without I/O.
     pub null_io: bool,
+    /// Destination of a live migration: take the image lock only when the
+    /// frontend starts a queue ([`crate::image_lock`]).
+    pub incoming: bool,
 }
 
 impl TryFrom<Args> for Config {
@@ -198,6 +201,7 @@ impl TryFrom<Args> for Config {
             serial,
             poll: Duration::from_micros(args.poll_us),
             null_io: args.null_io,
+            incoming: args.incoming,
         })
     }
 }

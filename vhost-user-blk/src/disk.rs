@@ -9,12 +9,13 @@ use std::io::{Seek, SeekFrom};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use virtio_devices::block::SECTOR_SIZE;
 
 use crate::chain::{ChainError, ChainFile, Resolver};
 use crate::config::{CacheMode, Config, ImageFormat};
+use crate::image_lock::{ImageLock, LockError};
 use crate::qcow2_chain::{self, Qcow2ChainError};
 
 pub use crate::qcow2_chain::Qcow2Access;
@@ -53,9 +54,10 @@ pub enum DiskError {
         /// Logical block size.
         block: u32,
     },
-    /// Another process holds the image (flock).
-    #[error("{0} is in use by another process")]
-    Locked(PathBuf),
+    /// Another process holds the image (flock), or its lock descriptor
+    /// cannot be opened.
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// A flush failed.
     #[error("flush failed")]
     Flush(#[source] std::io::Error),
@@ -76,9 +78,10 @@ pub enum DiskBackend {
 
 /// An open disk image.
 pub struct Disk {
-    /// Holds the advisory lock (exclusive, shared when read-only) for the
-    /// daemon's lifetime, so two daemons never serve one image.
-    _lock: File,
+    /// The advisory lock (exclusive, shared when read-only), held for the
+    /// daemon's lifetime so two daemons never serve one image, handed over
+    /// at a live migration's switch-over ([`ImageLock`]).
+    pub lock: Arc<ImageLock>,
     /// How requests reach it.
     pub backend: DiskBackend,
     /// Guest-visible size in bytes, rounded down to the logical block size.
@@ -104,7 +107,15 @@ impl Disk {
         if !block_device && !meta.file_type().is_file() {
             return Err(DiskError::NotAFile(path));
         }
-        let lock = lock_image(&path, config.read_only)?;
+        let lock = Arc::new(ImageLock::open(&path, config.read_only)?);
+        if config.incoming {
+            log::info!(
+                "event=image_lock_deferred path={} reason=incoming_migration",
+                path.display()
+            );
+        } else {
+            lock.acquire()?;
+        }
         let format = match config.format {
             ImageFormat::Auto if qcow2_chain::has_qcow2_magic(&file) => ImageFormat::Qcow2,
             ImageFormat::Auto => ImageFormat::Raw,
@@ -160,7 +171,7 @@ impl Disk {
                 .join(",")
         );
         Ok(Disk {
-            _lock: lock,
+            lock,
             backend,
             size,
             path,
@@ -231,25 +242,6 @@ fn open_file(path: &Path, read_only: bool, cache: CacheMode) -> Result<File, Dis
         })
 }
 
-/// Take an advisory flock on the image through a separate descriptor.
-fn lock_image(path: &Path, read_only: bool) -> Result<File, DiskError> {
-    let file = File::open(path).map_err(|source| DiskError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    let op = if read_only {
-        libc::LOCK_SH
-    } else {
-        libc::LOCK_EX
-    };
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), op | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(DiskError::Locked(path.to_owned()));
-    }
-    Ok(file)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,7 +289,7 @@ mod tests {
         let first = Disk::open(&config(f.as_path(), &[])).unwrap();
         assert!(matches!(
             Disk::open(&config(f.as_path(), &[])),
-            Err(DiskError::Locked(_))
+            Err(DiskError::Lock(LockError::Held(_)))
         ));
         drop(first);
         let r1 = Disk::open(&config(f.as_path(), &["--read-only"])).unwrap();

@@ -1,0 +1,124 @@
+//! The image's advisory lock (`flock`, exclusive; shared when read-only):
+//! two daemons never serve one image at once — except that a live
+//! migration hands the image over. The source daemon releases the lock at
+//! the switch-over, once every queue is stopped and the image flushed; a
+//! destination daemon (`--incoming`) opens the image without the lock and
+//! takes it when its frontend starts the first queue, which QEMU does only
+//! after the switch-over. If the migration fails and the source resumes,
+//! the source takes the lock back the same way.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Taking the lock failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The lock descriptor could not be opened.
+    #[error("cannot open {path} to lock it")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process holds the image.
+    #[error("{0} is in use by another process (advisory lock held)")]
+    Held(PathBuf),
+}
+
+/// The lock, through a descriptor of its own (closing an image descriptor
+/// elsewhere never drops it).
+#[derive(Debug)]
+pub struct ImageLock {
+    file: File,
+    path: PathBuf,
+    op: libc::c_int,
+    held: AtomicBool,
+}
+
+impl ImageLock {
+    /// Opens the lock descriptor for `path` without locking.
+    pub fn open(path: &Path, read_only: bool) -> Result<ImageLock, LockError> {
+        let file = File::open(path).map_err(|source| LockError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(ImageLock {
+            file,
+            path: path.to_owned(),
+            op: if read_only {
+                libc::LOCK_SH
+            } else {
+                libc::LOCK_EX
+            },
+            held: AtomicBool::new(false),
+        })
+    }
+
+    /// Takes the lock without waiting; taking a held lock again is a no-op.
+    pub fn acquire(&self) -> Result<(), LockError> {
+        if self.held.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(self.file.as_raw_fd(), self.op | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(LockError::Held(self.path.clone()));
+        }
+        self.held.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Releases the lock (the switch-over of a live migration).
+    pub fn release(&self) {
+        if self.held.swap(false, Ordering::AcqRel) {
+            // SAFETY: flock on a descriptor we own; no memory is involved.
+            let rc = unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+            if rc != 0 {
+                log::warn!(
+                    "event=image_unlock_failed path={} error=\"{}\"",
+                    self.path.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+
+    /// Whether this daemon holds the lock.
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::tempfile::TempFile;
+
+    #[test]
+    fn one_holder_at_a_time_and_the_handover() {
+        let f = TempFile::new().expect("temp file");
+        let source = ImageLock::open(f.as_path(), false).expect("open");
+        let dest = ImageLock::open(f.as_path(), false).expect("open");
+        source.acquire().expect("first holder");
+        source.acquire().expect("again: no-op");
+        assert!(matches!(dest.acquire(), Err(LockError::Held(_))));
+        assert!(!dest.is_held());
+        source.release();
+        assert!(!source.is_held());
+        dest.acquire().expect("handed over");
+        assert!(matches!(source.acquire(), Err(LockError::Held(_))));
+    }
+
+    #[test]
+    fn readers_share() {
+        let f = TempFile::new().expect("temp file");
+        let a = ImageLock::open(f.as_path(), true).expect("open");
+        let b = ImageLock::open(f.as_path(), true).expect("open");
+        a.acquire().expect("shared");
+        b.acquire().expect("shared");
+        let w = ImageLock::open(f.as_path(), false).expect("open");
+        assert!(w.acquire().is_err());
+    }
+}
