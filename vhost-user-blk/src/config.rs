@@ -189,8 +189,10 @@ impl TryFrom<Args> for Config {
             },
             chain,
             read_only: args.read_only,
-            num_queues: args.num_queues as u16,
-            queue_size: args.queue_size as u16,
+            num_queues: u16::try_from(args.num_queues)
+                .map_err(|_| ConfigError::NumQueues(args.num_queues))?,
+            queue_size: u16::try_from(args.queue_size)
+                .map_err(|_| ConfigError::QueueSize(args.queue_size))?,
             cache: match args.cache {
                 CacheArg::Writeback => CacheMode::Writeback,
                 CacheArg::None => CacheMode::None,

@@ -147,6 +147,7 @@ pub fn skip_into(iovs: &[libc::iovec], mut offset: usize, out: &mut Vec<libc::io
 #[cfg(test)]
 mod tests {
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_devices::narrow::u16_of;
     use virtio_queue::desc::{RawDescriptor, split::Descriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
@@ -198,7 +199,7 @@ mod tests {
         let q = MockSplitQueue::new(&mem, 16);
         let descs: Vec<RawDescriptor> = [(0x8000u64, 5u32), (0xfffd, 3), (0x20010, 9)]
             .iter()
-            .map(|&(addr, len)| Descriptor::new(addr, len, VRING_DESC_F_WRITE as u16, 0).into())
+            .map(|&(addr, len)| Descriptor::new(addr, len, u16_of(VRING_DESC_F_WRITE), 0).into())
             .collect();
         let chain = q.build_desc_chain(&descs).unwrap();
         let mut iovs = Vec::new();

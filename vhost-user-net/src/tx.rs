@@ -29,7 +29,7 @@ enum Sent {
 }
 
 /// Reusable buffers of one TX worker.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct TxScratch {
     guest: Vec<libc::iovec>,
     out: Vec<libc::iovec>,
@@ -156,7 +156,9 @@ fn send_one(
         iov_len: neg.hdr_len,
     });
     iov::skip_into(&scratch.guest, neg.hdr_len, &mut scratch.out);
-    let count = scratch.out.len() as libc::c_int; // <= MAX_SEGMENTS + 1
+    // At most MAX_SEGMENTS + 1; a count past c_int would fail writev with
+    // EINVAL, the error path below.
+    let count = libc::c_int::try_from(scratch.out.len()).unwrap_or(libc::c_int::MAX);
     loop {
         // SAFETY: every iovec points either at `hdr` (alive on this stack
         // frame) or into guest memory mapped for the whole batch (see
@@ -209,7 +211,11 @@ mod tests {
         hdr[1] = gso_type;
         mem.write_slice(&hdr, GuestAddress(at)).unwrap();
         mem.write_slice(body, GuestAddress(at + 0x100)).unwrap();
-        let bufs = [(at, 5), (at + 5, 7), (at + 0x100, body.len() as u32)];
+        let bufs = [
+            (at, 5),
+            (at + 5, 7),
+            (at + 0x100, u32::try_from(body.len()).unwrap()),
+        ];
         post(mock, first, &bufs, false)
     }
 

@@ -100,7 +100,7 @@ impl RawEngine {
             fill.writing = true;
         } else {
             let wanted = fill.chunk().map_or(0, |(_, n)| n);
-            if result < 0 || result as u64 != wanted {
+            if u64::try_from(result).ok() != Some(wanted) {
                 return Err((entry, result.min(-libc::EIO)));
             }
             fill.advance(wanted);
