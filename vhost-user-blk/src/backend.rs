@@ -36,6 +36,7 @@ pub enum BackendError {
 }
 
 /// The vhost-user-blk device for one connection.
+#[derive(Debug)]
 pub struct VhostUserBlkBackend {
     info: BlockDeviceInfo,
     workers: Vec<Mutex<QueueWorker>>,

@@ -116,6 +116,7 @@ pub struct Opened {
 }
 
 /// `--backing-dir`, opened once.
+#[derive(Debug)]
 struct BackingDir {
     /// As given.
     path: PathBuf,
@@ -126,6 +127,7 @@ struct BackingDir {
 }
 
 /// Resolves header names under a [`ChainPolicy`].
+#[derive(Debug)]
 pub struct Resolver {
     policy: ChainPolicy,
     dir: Option<BackingDir>,

@@ -64,6 +64,7 @@ pub enum DiskError {
 }
 
 /// The backing store behind the device.
+#[derive(Debug)]
 pub enum DiskBackend {
     /// Raw file or block device: served by io_uring.
     Raw {
@@ -77,6 +78,7 @@ pub enum DiskBackend {
 }
 
 /// An open disk image.
+#[derive(Debug)]
 pub struct Disk {
     /// The advisory lock (exclusive, shared when read-only), held for the
     /// daemon's lifetime so two daemons never serve one image, handed over

@@ -37,6 +37,7 @@ pub enum RunError {
 }
 
 /// The daemon's long-lived state.
+#[derive(Debug)]
 pub struct Server {
     device: BlkDevice,
     listener: Bound,
@@ -45,6 +46,7 @@ pub struct Server {
 }
 
 /// What outlives connections: the disk, its geometry, the counters.
+#[derive(Debug)]
 struct BlkDevice {
     config: Config,
     disk: Arc<Disk>,

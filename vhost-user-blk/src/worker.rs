@@ -50,6 +50,7 @@ pub enum WorkerError {
 }
 
 /// A queue's worker state (one per queue, behind that queue's own mutex).
+#[derive(Debug)]
 pub struct QueueWorker {
     index: usize,
     settings: WorkerSettings,

@@ -83,6 +83,17 @@ pub struct UringEngine {
     fd: RawFd,
 }
 
+impl std::fmt::Debug for UringEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // io_uring's IoUring has no Debug: show what identifies the ring.
+        f.debug_struct("UringEngine")
+            .field("sq_entries", &self.ring.params().sq_entries())
+            .field("eventfd", &self.eventfd.as_raw_fd())
+            .field("fd", &self.fd)
+            .finish_non_exhaustive()
+    }
+}
+
 impl UringEngine {
     /// Ring for `entries` requests in flight against `fd`.
     pub fn new(fd: RawFd, entries: u32) -> Result<Self, UringError> {

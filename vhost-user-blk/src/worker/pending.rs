@@ -28,6 +28,7 @@ impl Transfer {
 }
 
 /// A request the engine has queued, until it is reaped.
+#[derive(Debug)]
 pub struct Pending {
     pub head: u16,
     pub status_addr: GuestAddress,
@@ -37,6 +38,7 @@ pub struct Pending {
 }
 
 /// In-flight requests by head (the engine's token).
+#[derive(Debug)]
 pub struct PendingTable {
     entries: Vec<Option<Pending>>,
     count: usize,

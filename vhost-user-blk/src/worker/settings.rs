@@ -8,7 +8,7 @@ use vhost_user_daemon::inflight::SharedRegion;
 use virtio_devices::block::{ID_BYTES, RequestLimits};
 
 /// Device-wide settings a worker needs.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct WorkerSettings {
     /// Validation limits.
     pub limits: RequestLimits,
