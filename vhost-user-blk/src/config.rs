@@ -139,6 +139,9 @@ pub struct Config {
     pub poll: Duration,
     /// Benchmarking: reads and writes complete without I/O.
     pub null_io: bool,
+    /// Test-only negative control (`--test-never-mark-dirty`): offer
+    /// dirty logging and never mark a page.
+    pub never_mark_dirty: bool,
 }
 
 impl TryFrom<Args> for Config {
@@ -198,6 +201,7 @@ impl TryFrom<Args> for Config {
             serial,
             poll: Duration::from_micros(args.poll_us),
             null_io: args.null_io,
+            never_mark_dirty: args.common.test_never_mark_dirty,
         })
     }
 }

@@ -60,7 +60,7 @@ impl serve::Device for BlkDevice {
     fn connect(
         &self,
         mem: GuestMemoryShared,
-        _log: DirtyLog,
+        log: DirtyLog,
     ) -> Result<(Arc<VhostUserBlkBackend>, BlkFilter), DeviceError> {
         let region = SharedRegion::default();
         let settings = WorkerSettings {
@@ -70,6 +70,7 @@ impl serve::Device for BlkDevice {
             poll: self.config.poll,
             writeback: Arc::new(AtomicBool::new(self.info.writeback)),
             null_io: self.config.null_io,
+            log,
         };
         let backend = Arc::new(VhostUserBlkBackend::new(
             self.info.clone(),
@@ -80,6 +81,10 @@ impl serve::Device for BlkDevice {
         )?);
         let filter = BlkFilter::new(region, self.info.num_queues, self.info.queue_size);
         Ok((backend, filter))
+    }
+
+    fn never_mark_dirty(&self) -> bool {
+        self.config.never_mark_dirty
     }
 
     fn attach(
