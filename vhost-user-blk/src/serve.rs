@@ -56,6 +56,9 @@ impl serve::Device for BlkDevice {
     type Backend = VhostUserBlkBackend;
     type Filter = BlkFilter;
     const NAME: &'static str = "vhost-user-blk";
+    /// Every write to guest memory is marked (`worker/dirty.rs`), and
+    /// GET_VRING_BASE completes the queue before it answers.
+    const LOGS_DIRTY_PAGES: bool = true;
 
     fn connect(
         &self,
