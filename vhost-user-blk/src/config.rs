@@ -142,6 +142,9 @@ pub struct Config {
     /// Destination of a live migration: take the image lock only when the
     /// frontend starts a queue ([`crate::image_lock`]).
     pub incoming: bool,
+    /// Test-only negative control (`--test-never-mark-dirty`): offer
+    /// dirty logging and never mark a page.
+    pub never_mark_dirty: bool,
 }
 
 impl TryFrom<Args> for Config {
@@ -204,6 +207,7 @@ impl TryFrom<Args> for Config {
             poll: Duration::from_micros(args.poll_us),
             null_io: args.null_io,
             incoming: args.incoming,
+            never_mark_dirty: args.common.test_never_mark_dirty,
         })
     }
 }

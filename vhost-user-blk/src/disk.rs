@@ -207,6 +207,25 @@ impl Disk {
         )
     }
 
+    /// A queue stopped (GET_VRING_BASE: a migration's switch-over, a
+    /// device stop): what this daemon holds for the image goes to the file
+    /// so another daemon opening it sees every completed write — qcow2's
+    /// metadata caches whatever the cache mode — and is made durable
+    /// (fdatasync) unless cache=unsafe.
+    pub fn hand_over(&self) -> Result<(), DiskError> {
+        if let DiskBackend::Qcow2(access) = &self.backend {
+            let access = access
+                .lock()
+                .map_err(|_| DiskError::Flush(std::io::Error::other("qcow2 lock poisoned")))?;
+            access.flush().map_err(DiskError::Flush)?;
+            if self.cache.flush_syncs() {
+                access.sync().map_err(DiskError::Flush)?;
+            }
+            return Ok(());
+        }
+        self.flush()
+    }
+
     /// Make everything written so far durable (at shutdown); a no-op for
     /// cache=unsafe.
     pub fn flush(&self) -> Result<(), DiskError> {

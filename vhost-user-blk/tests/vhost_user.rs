@@ -34,6 +34,7 @@ fn negotiation_and_config_space() {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            | VhostUserProtocolFeatures::LOG_SHMFD
     );
     assert_eq!(s.fe.get_queue_num().unwrap(), 2);
     let (_, cfg) =

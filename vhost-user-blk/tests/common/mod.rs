@@ -5,6 +5,7 @@
 // Each test binary uses a part of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod dirty;
 pub mod slow_disk;
 
 use std::path::{Path, PathBuf};
