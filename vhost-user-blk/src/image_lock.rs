@@ -10,7 +10,8 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Taking the lock failed.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,59 @@ impl ImageLock {
     }
 }
 
+/// Hands the lock over as the frontend starts and stops queues: taken
+/// when a queue starts (SET_VRING_KICK), released when GET_VRING_BASE has
+/// stopped the last running queue (after the drain and the flush, before
+/// the frontend reads the reply).
+#[derive(Debug)]
+pub struct LockFollower {
+    lock: Arc<ImageLock>,
+    /// Bit `i`: queue `i` started and not stopped since.
+    running: AtomicU64,
+}
+
+impl LockFollower {
+    /// Follows `lock` for one connection.
+    pub fn new(lock: Arc<ImageLock>) -> LockFollower {
+        LockFollower {
+            lock,
+            running: AtomicU64::new(0),
+        }
+    }
+
+    /// Queue `index` is being started: the daemon must hold the image.
+    pub fn queue_starting(&self, index: u32) -> Result<(), LockError> {
+        if !self.lock.is_held() {
+            self.lock.acquire()?;
+            log::info!(
+                "event=image_lock_taken path={} queue={index}",
+                self.lock.path.display()
+            );
+        }
+        self.running.fetch_or(bit(index), Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Queue `index` stopped (its GET_VRING_BASE reply is on its way):
+    /// with no queue left running the image is released.
+    pub fn queue_stopped(&self, index: u32) {
+        let before = self.running.fetch_and(!bit(index), Ordering::AcqRel);
+        if before & !bit(index) == 0 && self.lock.is_held() {
+            self.lock.release();
+            log::info!(
+                "event=image_lock_released path={} reason=all_queues_stopped",
+                self.lock.path.display()
+            );
+        }
+    }
+}
+
+/// The running-mask bit of a queue (indices past 63 share the top bit:
+/// the daemon has at most 64 queues).
+fn bit(index: u32) -> u64 {
+    1u64 << index.min(63)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +174,21 @@ mod tests {
         b.acquire().expect("shared");
         let w = ImageLock::open(f.as_path(), false).expect("open");
         assert!(w.acquire().is_err());
+    }
+
+    #[test]
+    fn the_follower_releases_when_the_last_queue_stops() {
+        let f = TempFile::new().expect("temp file");
+        let lock = Arc::new(ImageLock::open(f.as_path(), false).expect("open"));
+        let other = ImageLock::open(f.as_path(), false).expect("open");
+        let follow = LockFollower::new(Arc::clone(&lock));
+        follow.queue_starting(0).expect("take");
+        follow.queue_starting(1).expect("again");
+        follow.queue_stopped(0);
+        assert!(lock.is_held(), "queue 1 still runs");
+        follow.queue_stopped(1);
+        assert!(!lock.is_held());
+        other.acquire().expect("the destination takes it");
+        assert!(matches!(follow.queue_starting(0), Err(LockError::Held(_))));
     }
 }

@@ -20,6 +20,11 @@
 //!   resubmitted requests completed) even if the guest, waiting for them,
 //!   never kicks again. libvhost-user does the same.
 //!
+//! It also follows the queues for the image lock ([`LockFollower`]): a
+//! queue's SET_VRING_KICK takes the image (refused, and the connection
+//! ended, while another daemon holds it), the GET_VRING_BASE reply that
+//! stops the last queue releases it — a live migration's hand-over.
+//!
 //! A bad GET (zero queues or entries, more than the device has) gets
 //! `mmap_size = 0` and no fd, which frontends read as "no in-flight
 //! tracking"; a bad SET (no fd, wrong size, unsealed file) is refused with
@@ -30,6 +35,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use log::{info, warn};
+
+use crate::image_lock::LockFollower;
 use vhost_user_daemon::inflight::{
     InflightInfo, InflightRegion, PROTOCOL_F_INFLIGHT_SHMFD, REQ_GET_INFLIGHT_FD,
     REQ_SET_INFLIGHT_FD, SharedRegion,
@@ -42,6 +49,10 @@ use vhost_user_daemon::relay::{
 
 /// `VHOST_USER_SET_VRING_KICK`.
 const REQ_SET_VRING_KICK: u32 = 12;
+/// `VHOST_USER_GET_VRING_BASE`.
+const REQ_GET_VRING_BASE: u32 = 11;
+/// SET_VRING_KICK payload bits holding the queue index.
+const VRING_INDEX_MASK: u64 = 0xff;
 /// SET_VRING_KICK payload bit: no fd (polling mode).
 const VRING_NOFD: u64 = 1 << 8;
 
@@ -52,17 +63,25 @@ pub struct BlkFilter {
     num_queues: u16,
     max_queue_size: u16,
     negotiated: bool,
+    lock: LockFollower,
 }
 
 impl BlkFilter {
     /// A filter for a device of `num_queues` queues of at most
-    /// `max_queue_size` entries, publishing regions into `region`.
-    pub fn new(region: SharedRegion, num_queues: u16, max_queue_size: u16) -> Self {
+    /// `max_queue_size` entries, publishing regions into `region` and
+    /// handing the image lock over through `lock`.
+    pub fn new(
+        region: SharedRegion,
+        num_queues: u16,
+        max_queue_size: u16,
+        lock: LockFollower,
+    ) -> Self {
         BlkFilter {
             region,
             num_queues,
             max_queue_size,
             negotiated: false,
+            lock,
         }
     }
 
@@ -156,6 +175,16 @@ fn self_kick(fd: OwnedFd) {
 
 impl Filter for BlkFilter {
     fn on_frontend(&mut self, m: Msg, out: &mut Vec<Routed>) {
+        if m.request() == REQ_SET_VRING_KICK {
+            let index = m.payload_u64().map_or(0, |p| p & VRING_INDEX_MASK);
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            if let Err(e) = self.lock.queue_starting(index) {
+                out.push(Routed::Hangup(format!(
+                    "cannot start queue {index}: {e} (a migration source that has not released it?)"
+                )));
+                return;
+            }
+        }
         match m.request() {
             REQ_SET_PROTOCOL_FEATURES => {
                 if let Some(features) = m.payload_u64() {
@@ -205,6 +234,12 @@ impl Filter for BlkFilter {
     }
 
     fn to_frontend(&self, m: Msg) -> Msg {
+        if m.request() == REQ_GET_VRING_BASE {
+            // VhostUserVringState: the queue index, then the base.
+            if let Some(index) = m.payload.get(0..4).and_then(|b| b.try_into().ok()) {
+                self.lock.queue_stopped(u32::from_le_bytes(index));
+            }
+        }
         match (m.request(), m.payload_u64()) {
             (REQ_GET_PROTOCOL_FEATURES, Some(features)) => {
                 m.with_payload_u64(features | PROTOCOL_F_INFLIGHT_SHMFD)

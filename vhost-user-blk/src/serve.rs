@@ -23,6 +23,7 @@ use crate::backend::VhostUserBlkBackend;
 use crate::config::Config;
 use crate::counters::{self, QueueCounters};
 use crate::disk::{Disk, DiskError};
+use crate::image_lock::LockFollower;
 use crate::inflight_relay::BlkFilter;
 use crate::worker::WorkerSettings;
 
@@ -84,7 +85,12 @@ impl serve::Device for BlkDevice {
             mem,
             Arc::clone(&self.counters),
         )?);
-        let filter = BlkFilter::new(region, self.info.num_queues, self.info.queue_size);
+        let filter = BlkFilter::new(
+            region,
+            self.info.num_queues,
+            self.info.queue_size,
+            LockFollower::new(Arc::clone(&self.disk.lock)),
+        );
         Ok((backend, filter))
     }
 
