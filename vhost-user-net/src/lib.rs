@@ -9,6 +9,7 @@
 //!   paths (a leaf: the modules here import in one direction only).
 //! * [`tx`] / [`rx`]: the two data paths, over any [`pair_types::Virtqueue`]
 //!   and fd ([`ring_check`]: avail overrun); [`iov`]: guest buffers → iovecs.
+//! * [`dirty`]: dirty-page marks for what the data paths write (migration).
 //! * [`counters`]: per-queue packet/byte/drop counters.
 //! * [`serve`]: the listen/accept loop with a fresh backend per connection.
 //! * [`filter`]: relay that hides a QEMU message-order quirk from the
@@ -23,6 +24,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod counters;
+pub mod dirty;
 pub mod filter;
 pub mod iov;
 pub mod pair;

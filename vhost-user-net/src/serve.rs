@@ -39,6 +39,9 @@ pub struct Device {
     pub taps: Vec<Arc<TapQueue>>,
     pub counters: Vec<Arc<PairCounters>>,
     pub params: DeviceParams,
+    /// Test-only negative control (`--test-never-mark-dirty`): accept
+    /// dirty logging and never mark.
+    pub never_mark_dirty: bool,
 }
 
 impl Device {
@@ -87,6 +90,7 @@ impl Device {
                 poll_us: cfg.poll_us,
                 offloads,
             },
+            never_mark_dirty: false,
         })
     }
 }
@@ -99,16 +103,21 @@ impl skeleton::Device for Device {
     fn connect(
         &self,
         mem: GuestMemoryShared,
-        _log: DirtyLog,
+        log: DirtyLog,
     ) -> Result<(Arc<NetBackend>, NetFilter), DeviceError> {
         let backend = Arc::new(NetBackend::new(
             &self.taps,
             &self.counters,
             self.params.clone(),
             mem,
+            log,
         )?);
         let num_queues = u32::try_from(2 * self.taps.len()).unwrap_or(u32::MAX);
         Ok((backend, NetFilter::new(self.params.mtu, num_queues)))
+    }
+
+    fn never_mark_dirty(&self) -> bool {
+        self.never_mark_dirty
     }
 
     fn attach(
