@@ -13,7 +13,8 @@
 //! * [`counters`]: per-queue packet/byte/drop counters.
 //! * [`serve`]: the listen/accept loop with a fresh backend per connection.
 //! * [`filter`]: relay that hides a QEMU message-order quirk from the
-//!   vhost-user-backend framework; [`private_socket`]: its private,
+//!   vhost-user-backend framework and answers NET_SET_MTU and SEND_RARP
+//!   ([`rarp`]: the announcement); [`private_socket`]: its private,
 //!   peer-checked socket to the backend.
 //! * [`checked_vring`]: refuses SET_VRING_NUM sizes that are not a power of two.
 //! * [`memguard`]: refuse short memory files, survive truncated ones.
@@ -29,6 +30,7 @@ pub mod filter;
 pub mod iov;
 pub mod pair;
 pub mod pair_types;
+pub mod rarp;
 pub mod ring_check;
 pub mod rx;
 pub mod sandbox;
