@@ -43,6 +43,18 @@ impl Daemon {
     /// The daemon with `pairs` queue pairs of `queue_size` entries; sets
     /// up no logger (the fuzzers run it without one).
     pub fn start_with(tap_name: &str, pairs: u16, queue_size: u16, poll_us: u64) -> Daemon {
+        Self::start_tuned(tap_name, pairs, queue_size, poll_us, |_| {})
+    }
+
+    /// As [`Daemon::start_with`], with `tune` applied to the device before
+    /// it serves (test-only switches such as `never_mark_dirty`).
+    pub fn start_tuned(
+        tap_name: &str,
+        pairs: u16,
+        queue_size: u16,
+        poll_us: u64,
+        tune: impl FnOnce(&mut Device),
+    ) -> Daemon {
         let sock =
             std::env::temp_dir().join(format!("vun-test-{}-{tap_name}.sock", std::process::id()));
         let cfg = Config {
@@ -55,7 +67,8 @@ impl Daemon {
             queue_size,
             poll_us,
         };
-        let device = Device::open(&cfg).expect("open tap");
+        let mut device = Device::open(&cfg).expect("open tap");
+        tune(&mut device);
         let _ = std::fs::write(
             format!("/proc/sys/net/ipv6/conf/{tap_name}/disable_ipv6"),
             "1",

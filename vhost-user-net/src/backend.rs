@@ -25,6 +25,7 @@ use crate::counters::PairCounters;
 use crate::pair::{NetVring, QueuePair};
 use crate::pair_types::{Interest, Negotiated, PairCtx, Wake};
 use crate::tap::{TapError, TapQueue};
+use vhost_user_daemon::dirty_log::DirtyLog;
 use vhost_user_daemon::exit_fds::LeakedExitFds;
 
 /// The worker epoll of one queue pair.
@@ -74,6 +75,8 @@ pub struct NetBackend {
     exit_fds: LeakedExitFds,
     /// Guest memory the SIGBUS handler may patch (this connection's).
     guest_ranges: crate::memguard::GuestRanges,
+    /// This connection's dirty log, marked by the pair workers.
+    log: DirtyLog,
 }
 
 impl NetBackend {
@@ -85,11 +88,13 @@ impl NetBackend {
 
     /// Builds the backend over the persistent TAP queues, resetting their
     /// offloads (a new frontend renegotiates) and attaching only queue 0.
+    /// The workers mark what they write to guest memory in `log`.
     pub fn new(
         taps: &[Arc<TapQueue>],
         counters: &[Arc<PairCounters>],
         params: DeviceParams,
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
+        log: DirtyLog,
     ) -> Result<Self, BackendError> {
         if taps.is_empty() {
             return Err(BackendError::NoQueues);
@@ -133,6 +138,7 @@ impl NetBackend {
             epolls: RwLock::new(Vec::new()),
             exit_fds: LeakedExitFds::default(),
             guest_ranges: crate::memguard::GuestRanges::default(),
+            log,
         })
     }
 
@@ -272,6 +278,7 @@ impl VhostUserBackend for NetBackend {
             multiqueue: self.pairs.len() > 1,
             poll: Duration::from_micros(self.params.poll_us),
             budget: usize::from(self.params.queue_size),
+            log: &self.log,
         };
         let wake = Wake::from_event(device_event, evset, self.tap_token());
         if let Some(change) = pair.handle(wake, vrings, &ctx) {

@@ -16,12 +16,19 @@
 //! `VHOST_USER_NET_SET_MTU` itself: valid (0) when the frontend's MTU is at
 //! most the TAP's (`--mtu`), invalid (1) otherwise, so a frontend whose
 //! `host_mtu` the TAP cannot carry fails at start-up instead of dropping
-//! frames. Everything else, fds included, passes unchanged (the framing is
+//! frames.
+//!
+//! And the RARP protocol feature (live migration), which the framework
+//! has no hook for: offered when the filter has the TAP queues, stripped
+//! on the way in like NET_MTU, and `VHOST_USER_SEND_RARP` answered here by
+//! writing the guest's announcement into the TAP ([`crate::rarp`]).
+//! Everything else, fds included, passes unchanged (the framing is
 //! [`vhost_user_daemon::relay`]'s).
 
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use log::{debug, info, warn};
@@ -34,7 +41,13 @@ use vhost_user_daemon::relay::{
     FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION, HDR_LEN, MAX_PAYLOAD, REQ_GET_PROTOCOL_FEATURES,
 };
 
+use crate::rarp;
+use crate::tap::TapQueue;
+
+const REQ_SEND_RARP: u32 = 19;
 const REQ_NET_SET_MTU: u32 = 20;
+/// VHOST_USER_PROTOCOL_F_RARP.
+const PROTOCOL_F_RARP: u64 = 1 << 2;
 /// VHOST_USER_PROTOCOL_F_NET_MTU.
 const PROTOCOL_F_NET_MTU: u64 = 1 << 4;
 /// Smallest MTU a frontend may ask for (IPv4's minimum).
@@ -49,6 +62,9 @@ pub struct NetFilter {
     features_set: bool,
     mtu_negotiated: bool,
     early_enables: BTreeMap<u32, u32>,
+    /// The TAP queues SEND_RARP writes into (none: RARP not offered).
+    taps: Vec<Arc<TapQueue>>,
+    rarp_negotiated: bool,
 }
 
 fn enable_msg(index: u32, enable: u32) -> Msg {
@@ -102,11 +118,28 @@ impl Filter for NetFilter {
             REQ_SET_PROTOCOL_FEATURES => {
                 if let Some(features) = m.payload_u64() {
                     self.mtu_negotiated = features & PROTOCOL_F_NET_MTU != 0;
-                    out.push(Routed::ToBackend(
-                        m.with_payload_u64(features & !PROTOCOL_F_NET_MTU),
-                    ));
+                    self.rarp_negotiated = features & PROTOCOL_F_RARP != 0 && !self.taps.is_empty();
+                    out.push(Routed::ToBackend(m.with_payload_u64(
+                        features & !(PROTOCOL_F_NET_MTU | PROTOCOL_F_RARP),
+                    )));
                     return;
                 }
+            }
+            REQ_SEND_RARP if self.rarp_negotiated => {
+                let sent = match rarp::mac_of(&m.payload) {
+                    Some(mac) => rarp::announce(&self.taps, mac).map_err(|e| e.to_string()),
+                    None => Err(format!("payload of {} bytes", m.payload.len())),
+                };
+                if let Err(e) = &sent {
+                    warn!("event=rarp_failed err=\"{e}\"");
+                }
+                if m.needs_reply() {
+                    out.push(Routed::ToFrontend(Msg::reply_u64(
+                        REQ_SEND_RARP,
+                        u64::from(sent.is_err()),
+                    )));
+                }
+                return;
             }
             REQ_NET_SET_MTU if self.mtu_negotiated => {
                 let mtu = m.payload_u64().unwrap_or(0);
@@ -134,7 +167,12 @@ impl Filter for NetFilter {
     fn to_frontend(&self, m: Msg) -> Msg {
         match (m.request(), m.payload_u64()) {
             (relay::REQ_GET_PROTOCOL_FEATURES, Some(features)) => {
-                m.with_payload_u64(features | PROTOCOL_F_NET_MTU)
+                let rarp = if self.taps.is_empty() {
+                    0
+                } else {
+                    PROTOCOL_F_RARP
+                };
+                m.with_payload_u64(features | PROTOCOL_F_NET_MTU | rarp)
             }
             _ => m,
         }
@@ -155,7 +193,15 @@ impl NetFilter {
             features_set: false,
             mtu_negotiated: false,
             early_enables: BTreeMap::new(),
+            taps: Vec::new(),
+            rarp_negotiated: false,
         }
+    }
+
+    /// Offers RARP and announces the guest through `taps` on SEND_RARP.
+    pub fn with_taps(mut self, taps: &[Arc<TapQueue>]) -> Self {
+        self.taps = taps.to_vec();
+        self
     }
 }
 
@@ -262,6 +308,8 @@ mod tests {
             features_set: false,
             mtu_negotiated: false,
             early_enables: BTreeMap::new(),
+            taps: Vec::new(),
+            rarp_negotiated: false,
         };
         let mut out = Vec::new();
         for index in (0..100_000u32).chain([u32::MAX]) {

@@ -9,10 +9,12 @@
 //!   paths (a leaf: the modules here import in one direction only).
 //! * [`tx`] / [`rx`]: the two data paths, over any [`pair_types::Virtqueue`]
 //!   and fd ([`ring_check`]: avail overrun); [`iov`]: guest buffers → iovecs.
+//! * [`dirty`]: dirty-page marks for what the data paths write (migration).
 //! * [`counters`]: per-queue packet/byte/drop counters.
 //! * [`serve`]: the listen/accept loop with a fresh backend per connection.
 //! * [`filter`]: relay that hides a QEMU message-order quirk from the
-//!   vhost-user-backend framework; [`private_socket`]: its private,
+//!   vhost-user-backend framework and answers NET_SET_MTU and SEND_RARP
+//!   ([`rarp`]: the announcement); [`private_socket`]: its private,
 //!   peer-checked socket to the backend.
 //! * [`checked_vring`]: refuses SET_VRING_NUM sizes that are not a power of two.
 //! * [`memguard`]: refuse short memory files, survive truncated ones.
@@ -23,10 +25,12 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod counters;
+pub mod dirty;
 pub mod filter;
 pub mod iov;
 pub mod pair;
 pub mod pair_types;
+pub mod rarp;
 pub mod ring_check;
 pub mod rx;
 pub mod sandbox;

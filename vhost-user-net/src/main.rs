@@ -23,7 +23,8 @@ const CAPABILITIES: &str = r#"{"type":"net"}"#;
 fn run(cfg: Config, common: CommonArgs) -> anyhow::Result<()> {
     signals::block().context("signals")?;
     memguard::install_sigbus_handler().context("SIGBUS handler")?;
-    let device = Device::open(&cfg).context("opening the tap")?;
+    let mut device = Device::open(&cfg).context("opening the tap")?;
+    device.never_mark_dirty = common.test_never_mark_dirty;
     let listener = listen::bind(&cfg.socket).context("binding the vhost-user socket")?;
     let private = PrivateSocket::new().context("creating the relay socket")?;
     let shutdown = Arc::new(Shutdown::new().context("shutdown eventfd")?);

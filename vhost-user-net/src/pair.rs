@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use log::{debug, warn};
 use vhost_user_backend::{VringState, VringT};
+use vhost_user_daemon::dirty_log::{DirtyLog, LogRegion};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -22,15 +23,24 @@ use crate::tx::{self, TxOutcome, TxScratch};
 /// Our vring type.
 pub type NetVring = crate::checked_vring::CheckedVring<GuestMemoryAtomic<GuestMemoryMmap>>;
 
-/// The framework's vring state, locked for one pass, is the data paths'
-/// virtqueue.
-impl<M: GuestAddressSpace> Virtqueue for VringState<M> {
+/// The framework's vring state, locked for one pass, and the dirty log as
+/// the pass found it: the data paths' virtqueue.
+struct Locked<'a, M: GuestAddressSpace> {
+    vring: &'a mut VringState<M>,
+    log: Option<Arc<LogRegion>>,
+}
+
+impl<M: GuestAddressSpace> Virtqueue for Locked<'_, M> {
     fn queue(&mut self) -> &mut Queue {
-        self.get_queue_mut()
+        self.vring.get_queue_mut()
     }
 
     fn signal_used(&self) -> std::io::Result<()> {
-        self.signal_used_queue()
+        self.vring.signal_used_queue()
+    }
+
+    fn dirty_log(&self) -> Option<Arc<LogRegion>> {
+        self.log.clone()
     }
 }
 
@@ -38,15 +48,26 @@ impl<M: GuestAddressSpace> Virtqueue for VringState<M> {
 /// when the ring is disabled (SET_VRING_ENABLE 0) or stopped: checked under
 /// that lock, which SET_VRING_ENABLE and GET_VRING_BASE take too, so nothing
 /// is done on the ring once the frontend has been answered.
+///
+/// The dirty log is looked up once per pass (one atomic load when off),
+/// under the same lock: the relay turns logging on before it passes
+/// SET_FEATURES on, and the framework takes every ring's lock handling it,
+/// so the frontend's SET_FEATURES(LOG_ALL) is answered only once every
+/// pass that found logging off has ended.
 fn pass<T>(
     v: &NetVring,
-    f: impl FnOnce(&mut VringState<GuestMemoryAtomic<GuestMemoryMmap>>) -> T,
+    log: &DirtyLog,
+    f: impl FnOnce(&mut Locked<'_, GuestMemoryAtomic<GuestMemoryMmap>>) -> T,
 ) -> Option<T> {
     let mut guard = v.get_mut();
     if !guard.is_enabled() || !guard.get_queue().ready() {
         return None;
     }
-    Some(f(&mut guard))
+    let log = log.active();
+    Some(f(&mut Locked {
+        vring: &mut guard,
+        log,
+    }))
 }
 
 #[derive(Debug)]
@@ -151,7 +172,7 @@ impl QueuePair {
             if wake.tx && tx_on {
                 let before = self.counters.tx.packets();
                 let (tap, counters, scratch) = (&*self.tap, &self.counters.tx, &mut st.tx);
-                match pass(txv, |r| {
+                match pass(txv, ctx.log, |r| {
                     tx::process(r, &mem, tap, ctx.neg, counters, scratch)
                 }) {
                     None => {
@@ -167,7 +188,7 @@ impl QueuePair {
             if wake.rx && rx_on && !st.rx_starved {
                 let before = self.counters.rx.packets();
                 let (tap, counters, rxst) = (&*self.tap, &self.counters.rx, &mut st.rx);
-                match pass(rxv, |r| {
+                match pass(rxv, ctx.log, |r| {
                     rx::process(r, &mem, tap, ctx.neg, counters, rxst, ctx.budget)
                 }) {
                     Some(Ok(RxOutcome::NoBuffers)) => st.rx_starved = true,

@@ -8,8 +8,10 @@
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
+use vhost_user_daemon::dirty_log::{DirtyLog, LogRegion};
 use virtio_queue::Queue;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -26,15 +28,19 @@ pub struct Negotiated {
     pub mrg_rxbuf: bool,
 }
 
-/// One virtqueue as a data path sees it during one pass: the ring, and the
-/// way to tell the driver that used buffers were added. The daemon's is
-/// the framework's vring state, locked for the pass; a test's or fuzzer's
-/// is a plain [`Queue`] and an eventfd.
+/// One virtqueue as a data path sees it during one pass: the ring, the
+/// way to tell the driver that used buffers were added, and the dirty log
+/// the pass marks what it writes in. The daemon's is the framework's vring
+/// state, locked for the pass; a test's or fuzzer's is a plain [`Queue`]
+/// and an eventfd.
 pub trait Virtqueue {
     /// The ring (descriptor table, avail and used rings).
     fn queue(&mut self) -> &mut Queue;
     /// Signals the driver (the call eventfd) that used buffers were added.
     fn signal_used(&self) -> io::Result<()>;
+    /// The log to mark guest writes in, if the frontend has logging on;
+    /// fixed for the pass (looked up once, under the ring's lock).
+    fn dirty_log(&self) -> Option<Arc<LogRegion>>;
 }
 
 /// What one wake-up should look at.
@@ -73,6 +79,8 @@ pub struct PairCtx<'a> {
     pub multiqueue: bool,
     pub poll: Duration,
     pub budget: usize,
+    /// The connection's dirty log (live migration).
+    pub log: &'a DirtyLog,
 }
 
 /// A change of the events a pair wants for its TAP fd on its worker epoll:

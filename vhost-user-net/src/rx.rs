@@ -10,12 +10,18 @@
 //! since the ring ran dry ([`RxState`] remembers its avail index then):
 //! the chains given back with `go_to_previous_position` keep
 //! `enable_notification` saying "more available", which must not loop.
+//!
+//! With dirty logging on ([`crate::dirty`]), every guest byte written —
+//! `readv` into the chain, the overflow copies, `num_buffers` — is marked
+//! after it is written and before the used entry that publishes it; the
+//! used ring once per pass, after the pass wrote it.
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 
 use log::debug;
+use vhost_user_daemon::dirty_log::LogRegion;
 use virtio_devices::net::features::HDR_LEN_V1;
 use virtio_devices::net::header::NUM_BUFFERS_OFFSET;
 use virtio_devices::net::mrg::spread;
@@ -23,8 +29,8 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use crate::counters::{Drop, QueueCounters};
-use crate::iov;
 use crate::pair_types::{Negotiated, Virtqueue};
+use crate::{dirty, iov};
 
 /// Host overflow buffer: a 64 KiB GSO frame plus headers fits.
 const BOUNCE_LEN: usize = 64 * 1024 + 1024;
@@ -105,6 +111,24 @@ enum Placed {
     NoRoom,
 }
 
+/// What delivering a frame needs besides the ring: guest memory, what
+/// negotiation fixed, the counters, and the dirty log if it is on.
+struct Deliver<'a> {
+    mem: &'a GuestMemoryMmap,
+    neg: Negotiated,
+    counters: &'a QueueCounters,
+    log: Option<&'a LogRegion>,
+}
+
+impl Deliver<'_> {
+    /// Marks the first `len` bytes of `iovs` dirty, if logging is on.
+    fn mark(&self, iovs: &[libc::iovec], len: usize) {
+        if let Some(log) = self.log {
+            dirty::mark_iovs(log, self.mem, iovs, len);
+        }
+    }
+}
+
 /// Moves frames from `tap` (a TAP queue in the daemon; one `readv` per
 /// frame) into the RX `ring`, at most `budget` of them. The caller has
 /// checked that the ring is enabled and ready.
@@ -117,12 +141,44 @@ pub fn process(
     st: &mut RxState,
     budget: usize,
 ) -> Result<RxOutcome, virtio_queue::Error> {
+    let log = ring.dirty_log();
     let q = ring.queue();
+    let d = Deliver {
+        mem,
+        neg,
+        counters,
+        log: log.as_deref(),
+    };
     let mut used = false;
+    let outcome = deliver(q, &d, tap, st, budget, &mut used);
+    if let Some(log) = &log {
+        // Entries, idx, flags or avail_event: whatever the pass wrote.
+        dirty::mark_used_ring(log, q);
+    }
+    let outcome = outcome?;
+    if used && q.needs_notification(mem)? {
+        if let Err(e) = ring.signal_used() {
+            debug!("event=rx_signal_failed err={e}");
+        }
+    }
+    Ok(outcome)
+}
+
+/// The frames of one pass, into `q`'s chains; `used` tells whether any
+/// used entry was added.
+fn deliver(
+    q: &mut Queue,
+    d: &Deliver<'_>,
+    tap: &impl AsRawFd,
+    st: &mut RxState,
+    budget: usize,
+    used: &mut bool,
+) -> Result<RxOutcome, virtio_queue::Error> {
+    let (mem, neg, counters) = (d.mem, d.neg, d.counters);
     let mut frames = 0usize;
-    let outcome = loop {
+    loop {
         if frames >= budget {
-            break RxOutcome::Budget;
+            break Ok(RxOutcome::Budget);
         }
         if let Some(frame) = st.pending.take() {
             if st.dry == Some(ring_now(q, mem)?) {
@@ -131,9 +187,9 @@ pub fn process(
                 if rearm_dry(q, mem, st)? {
                     continue;
                 }
-                break RxOutcome::NoBuffers;
+                break Ok(RxOutcome::NoBuffers);
             }
-            match place_copy(q, mem, &frame, neg, counters, &mut used)? {
+            match place_copy(q, d, &frame, used)? {
                 Placed::Delivered => {
                     st.dry = None;
                     frames += 1;
@@ -148,7 +204,7 @@ pub fn process(
                         // skipped for a buffer published before the re-arm.
                         continue;
                     }
-                    break RxOutcome::NoBuffers;
+                    break Ok(RxOutcome::NoBuffers);
                 }
             }
         }
@@ -159,7 +215,7 @@ pub fn process(
                 crate::ring_check::avail_sane(q, mem)?;
                 continue;
             }
-            break RxOutcome::NoBuffers;
+            break Ok(RxOutcome::NoBuffers);
         };
         let head = chain.head_index();
         st.guest.clear();
@@ -168,7 +224,7 @@ pub fn process(
             Ok(_) | Err(_) => {
                 counters.drop(Drop::BadChain);
                 q.add_used(mem, head, 0)?;
-                used = true;
+                *used = true;
                 continue;
             }
         };
@@ -194,18 +250,21 @@ pub fn process(
             let err = io::Error::last_os_error();
             match err.kind() {
                 io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => break RxOutcome::TapEmpty,
+                io::ErrorKind::WouldBlock => break Ok(RxOutcome::TapEmpty),
                 _ => {
                     debug!("event=rx_tap_error err={err}");
                     counters.drop(Drop::TapError);
-                    break RxOutcome::TapEmpty;
+                    break Ok(RxOutcome::TapEmpty);
                 }
             }
         }
         // n >= 0 here: the error case left the loop above. A TAP frame is
         // at most 64 KiB and a header: one past a u32 is a TAP error too.
         let n = n.unsigned_abs();
+        // What readv placed in the guest's chain (the rest is overflow).
+        let written = n.min(cap);
         let Some(len) = u32::try_from(n).ok().filter(|_| n >= neg.hdr_len) else {
+            d.mark(&st.guest, written);
             q.go_to_previous_position();
             counters.drop(Drop::TapError);
             continue;
@@ -213,11 +272,14 @@ pub fn process(
         frames += 1;
         if n <= cap {
             set_num_buffers(&st.guest, neg, 1);
+            d.mark(&st.guest, written);
             q.add_used(mem, head, len)?;
-            used = true;
+            *used = true;
             counters.frame(n - neg.hdr_len);
             continue;
         }
+        // Given back or completed later: marked now either way.
+        d.mark(&st.guest, written);
         if !neg.mrg_rxbuf {
             // The chain is reusable for the next frame; this one can't fit.
             q.go_to_previous_position();
@@ -230,23 +292,17 @@ pub fn process(
             cap,
         };
         let overflow = &st.bounce[..n - cap];
-        match spread_overflow(q, mem, first, overflow, n, neg, counters, &mut used)? {
+        match spread_overflow(q, d, first, overflow, n, used)? {
             Ok(()) => {}
             Err(frame) => {
                 st.pending = Some(frame);
                 if rearm_dry(q, mem, st)? {
                     continue;
                 }
-                break RxOutcome::NoBuffers;
+                break Ok(RxOutcome::NoBuffers);
             }
         }
-    };
-    if used && q.needs_notification(mem)? {
-        if let Err(e) = ring.signal_used() {
-            debug!("event=rx_signal_failed err={e}");
-        }
     }
-    Ok(outcome)
 }
 
 /// The guest's avail index and the device's next index.
@@ -320,17 +376,15 @@ fn take_chains(
 /// Completes a frame whose first `first.cap` bytes already sit in the first
 /// chain and whose rest is `overflow`. On too few buffers, returns the whole
 /// frame as host bytes (and gives every chain back) so it can wait.
-#[allow(clippy::too_many_arguments)]
 fn spread_overflow(
     q: &mut Queue,
-    mem: &GuestMemoryMmap,
+    d: &Deliver<'_>,
     first: Taken,
     overflow: &[u8],
     total: usize,
-    neg: Negotiated,
-    counters: &QueueCounters,
     used: &mut bool,
 ) -> Result<Result<(), Vec<u8>>, virtio_queue::Error> {
+    let (mem, neg) = (d.mem, d.neg);
     let mut taken = vec![first];
     let mut bad = Vec::new();
     take_chains(
@@ -359,20 +413,19 @@ fn spread_overflow(
         iov::copy_to(&t.iovs, 0, &overflow[src_start..src_start + len]);
         off += len;
     }
-    complete(q, mem, &taken, &lens, &bad, neg, counters, used)?;
-    counters.frame(total - neg.hdr_len);
+    complete(q, d, &taken, &lens, &bad, used)?;
+    d.counters.frame(total - neg.hdr_len);
     Ok(Ok(()))
 }
 
 /// Delivers a parked frame by copying it into as many chains as needed.
 fn place_copy(
     q: &mut Queue,
-    mem: &GuestMemoryMmap,
+    d: &Deliver<'_>,
     frame: &[u8],
-    neg: Negotiated,
-    counters: &QueueCounters,
     used: &mut bool,
 ) -> Result<Placed, virtio_queue::Error> {
+    let (mem, neg, counters) = (d.mem, d.neg, d.counters);
     let mut taken = Vec::new();
     let mut bad = Vec::new();
     let need = if neg.mrg_rxbuf { frame.len() } else { 1 };
@@ -390,7 +443,7 @@ fn place_copy(
                 iov::copy_to(&t.iovs, 0, &frame[off..off + len]);
                 off += len;
             }
-            complete(q, mem, &taken, &lens, &bad, neg, counters, used)?;
+            complete(q, d, &taken, &lens, &bad, used)?;
             counters.frame(frame.len() - neg.hdr_len);
             Ok(Placed::Delivered)
         }
@@ -412,20 +465,22 @@ fn place_copy(
 }
 
 /// Publishes a frame's chains (in order, `num_buffers` in the first), then
-/// the malformed chains met on the way, empty.
-#[allow(clippy::too_many_arguments)]
+/// the malformed chains met on the way, empty. Each chain's bytes are
+/// marked dirty before any of them is published.
 fn complete(
     q: &mut Queue,
-    mem: &GuestMemoryMmap,
+    d: &Deliver<'_>,
     taken: &[Taken],
     lens: &[usize],
     bad: &[u16],
-    neg: Negotiated,
-    counters: &QueueCounters,
     used: &mut bool,
 ) -> Result<(), virtio_queue::Error> {
+    let (mem, counters) = (d.mem, d.counters);
     let count = u16::try_from(lens.len()).unwrap_or(u16::MAX);
-    set_num_buffers(&taken[0].iovs, neg, count);
+    set_num_buffers(&taken[0].iovs, d.neg, count);
+    for (t, &len) in taken.iter().zip(lens) {
+        d.mark(&t.iovs, len);
+    }
     for (t, &len) in taken.iter().zip(lens) {
         // Cannot saturate: each part is a piece of one frame, whose length
         // was checked to fit a u32 in `process`.
@@ -447,7 +502,10 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
 
     use super::*;
-    use crate::test_ring::{BUF, QSIZE, TestRing, frame, memory, post, read, send, used, wire};
+    use crate::test_ring::{
+        BUF, QSIZE, TestRing, frame, log_region, marked, memory, post, read, send, used,
+        used_ring_pages, wire,
+    };
 
     const HDR: usize = 12;
 
@@ -625,5 +683,52 @@ mod tests {
         assert_eq!(delivered(&mem, &entries), as_delivered(&small, 1));
         assert_eq!(counters.drops(Drop::RxTooLarge), 1);
         assert_eq!(counters.packets(), 1);
+    }
+
+    #[test]
+    fn with_logging_on_every_chain_written_and_the_used_ring_are_marked() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, QSIZE);
+        let mut ring = TestRing::new(&mock);
+        let log = log_region(8);
+        ring.log = Some(log.clone());
+        let (tap, peer) = wire();
+        let counters = QueueCounters::default();
+        let mut st = RxState::default();
+        // One 64-byte buffer per page: too few for the frame at first.
+        post_bufs(&mock, 0, 1, 64);
+        let sent = packet(150, 4);
+        assert!(send(&peer, &sent));
+        let out = process(&mut ring, &mem, &tap, neg(true), &counters, &mut st, 64);
+        assert_eq!(out, Ok(RxOutcome::NoBuffers));
+        let rings = used_ring_pages(&mock);
+        let with = |bufs: &[u64]| {
+            let mut v: Vec<u64> = bufs.iter().chain(&rings).copied().collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        assert_eq!(
+            marked(&log, 0x4_0000),
+            with(&[BUF]),
+            "readv wrote the chain it gave back: marked all the same"
+        );
+        // The parked frame, copied over three chains; the fourth untouched.
+        post_bufs(&mock, 1, 3, 64);
+        let out = process(&mut ring, &mem, &tap, neg(true), &counters, &mut st, 64);
+        assert_eq!(out, Ok(RxOutcome::TapEmpty));
+        assert_eq!(used(&mem, &mock), vec![(0, 64), (1, 64), (2, 34)]);
+        assert_eq!(
+            marked(&log, 0x4_0000),
+            with(&[BUF, BUF + 0x1000, BUF + 0x2000])
+        );
+        // readv into chain 3, the overflow copied into 4 and 5.
+        assert!(send(&peer, &packet(150, 5)));
+        post_bufs(&mock, 4, 4, 64);
+        let out = process(&mut ring, &mem, &tap, neg(true), &counters, &mut st, 64);
+        assert_eq!(out, Ok(RxOutcome::TapEmpty));
+        assert_eq!(used(&mem, &mock).len(), 6);
+        let want: Vec<u64> = (0..6).map(|h| BUF + h * 0x1000).collect();
+        assert_eq!(marked(&log, 0x4_0000), with(&want), "chains 6, 7 unused");
     }
 }

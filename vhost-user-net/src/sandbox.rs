@@ -9,12 +9,14 @@ use vhost_user_daemon::sandbox::SeccompExtras;
 const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
 const TUNSETQUEUE: u64 = 0x4004_54d9;
+/// The relay reads it before it writes a RARP announcement (SEND_RARP).
+const TUNGETVNETHDRSZ: u64 = 0x8004_54d7;
 
 /// Syscalls (any arguments) and ioctls this daemon adds to the base list.
 pub const SECCOMP: SeccompExtras<'static> = SeccompExtras {
     // TAP I/O
     syscalls: &[libc::SYS_pread64, libc::SYS_pwrite64],
-    ioctls: &[TUNSETOFFLOAD, TUNSETVNETHDRSZ, TUNSETQUEUE],
+    ioctls: &[TUNSETOFFLOAD, TUNSETVNETHDRSZ, TUNSETQUEUE, TUNGETVNETHDRSZ],
 };
 
 #[cfg(test)]

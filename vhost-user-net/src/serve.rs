@@ -1,8 +1,8 @@
 //! The net device on the daemon skeleton's serve loop
 //! ([`vhost_user_daemon::serve`]): the TAP queues are opened once and
 //! survive reconnects (so do the counters); every frontend connection gets a
-//! fresh backend, its pair workers, and the relay filter for early enables
-//! and NET_MTU ([`crate::filter`]).
+//! fresh backend, its pair workers, and the relay filter for early enables,
+//! NET_MTU and SEND_RARP ([`crate::filter`]).
 
 use std::sync::Arc;
 
@@ -40,6 +40,9 @@ pub struct Device {
     pub taps: Vec<Arc<TapQueue>>,
     pub counters: Vec<Arc<PairCounters>>,
     pub params: DeviceParams,
+    /// Test-only negative control (`--test-never-mark-dirty`): accept
+    /// dirty logging and never mark.
+    pub never_mark_dirty: bool,
 }
 
 impl Device {
@@ -88,6 +91,7 @@ impl Device {
                 poll_us: cfg.poll_us,
                 offloads,
             },
+            never_mark_dirty: false,
         })
     }
 }
@@ -96,20 +100,29 @@ impl skeleton::Device for Device {
     type Backend = NetBackend;
     type Filter = NetFilter;
     const NAME: &'static str = "vhost-user-net";
+    /// RX data, `num_buffers` and both used rings are marked (rx.rs,
+    /// tx.rs, dirty.rs); TX writes nothing else to guest memory.
+    const LOGS_DIRTY_PAGES: bool = true;
 
     fn connect(
         &self,
         mem: GuestMemoryShared,
-        _log: DirtyLog,
+        log: DirtyLog,
     ) -> Result<(Arc<NetBackend>, NetFilter), DeviceError> {
         let backend = Arc::new(NetBackend::new(
             &self.taps,
             &self.counters,
             self.params.clone(),
             mem,
+            log,
         )?);
         let num_queues = u32::try_from(2 * self.taps.len()).unwrap_or(u32::MAX);
-        Ok((backend, NetFilter::new(self.params.mtu, num_queues)))
+        let filter = NetFilter::new(self.params.mtu, num_queues).with_taps(&self.taps);
+        Ok((backend, filter))
+    }
+
+    fn never_mark_dirty(&self) -> bool {
+        self.never_mark_dirty
     }
 
     fn attach(

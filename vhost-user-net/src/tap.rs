@@ -16,6 +16,7 @@ use virtio_devices::net::offload::{TUN_F_CSUM, TUN_F_UFO, TUN_F_USO4, TUN_F_USO6
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+const TUNGETVNETHDRSZ: libc::c_ulong = 0x8004_54d7;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
 
@@ -177,6 +178,26 @@ impl TapQueue {
         // SAFETY: TUNSETVNETHDRSZ reads one int from our stack.
         check(unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETVNETHDRSZ as _, &v) })
             .map_err(|e| TapError::VnetHdrSize(len, e))
+    }
+
+    /// The virtio-net header length the TAP prepends/expects now.
+    pub fn vnet_hdr_len(&self) -> io::Result<usize> {
+        let mut v: libc::c_int = 0;
+        // SAFETY: TUNGETVNETHDRSZ writes one int into our stack variable.
+        check(unsafe { libc::ioctl(self.file.as_raw_fd(), TUNGETVNETHDRSZ as _, &mut v) })?;
+        usize::try_from(v).map_err(|_| io::ErrorKind::InvalidData.into())
+    }
+
+    /// Writes one frame (virtio-net header first) into the TAP, as if the
+    /// guest had sent it. Non-blocking: a full queue answers `WouldBlock`.
+    pub fn write_frame(&self, bytes: &[u8]) -> io::Result<()> {
+        // SAFETY: write reads `bytes`, alive for the call.
+        let n = unsafe { libc::write(self.file.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+        match usize::try_from(n) {
+            Ok(n) if n == bytes.len() => Ok(()),
+            Ok(_) => Err(io::ErrorKind::WriteZero.into()),
+            Err(_) => Err(io::Error::last_os_error()),
+        }
     }
 
     /// Sets the offloads the reader of the TAP (the guest) accepts.

@@ -4,8 +4,10 @@
 //! the TAP queue (one message per frame, as a TAP has).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
+use vhost_user_daemon::dirty_log::LogRegion;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_devices::narrow::u16_of;
 use virtio_queue::Queue;
@@ -21,10 +23,12 @@ pub const QSIZE: u16 = 16;
 /// Where the test buffers start (the rings sit below).
 pub const BUF: u64 = 0x1_0000;
 
-/// A queue and its call eventfd.
+/// A queue, its call eventfd, and the dirty log its passes mark (none:
+/// logging off).
 pub struct TestRing {
     pub queue: Queue,
     pub call: EventFd,
+    pub log: Option<Arc<LogRegion>>,
 }
 
 impl Virtqueue for TestRing {
@@ -35,6 +39,10 @@ impl Virtqueue for TestRing {
     fn signal_used(&self) -> io::Result<()> {
         self.call.write(1)
     }
+
+    fn dirty_log(&self) -> Option<Arc<LogRegion>> {
+        self.log.clone()
+    }
 }
 
 impl TestRing {
@@ -43,6 +51,7 @@ impl TestRing {
         TestRing {
             queue: mock.create_queue().unwrap(),
             call: EventFd::new(EFD_NONBLOCK).unwrap(),
+            log: None,
         }
     }
 
@@ -50,6 +59,34 @@ impl TestRing {
     pub fn signalled(&self) -> bool {
         self.call.read().is_ok()
     }
+}
+
+/// A dirty log of `bytes` bytes (`bytes * 8` pages) over a fresh memfd.
+pub fn log_region(bytes: u64) -> Arc<LogRegion> {
+    // SAFETY: a fresh memfd with a valid C string name.
+    let fd = unsafe { libc::memfd_create(c"net-dirty".as_ptr(), 0) };
+    assert!(fd >= 0, "memfd_create");
+    // SAFETY: memfd_create returned a new fd we own.
+    let f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.set_len(bytes).unwrap();
+    Arc::new(LogRegion::map(f.as_fd(), 0, bytes).unwrap())
+}
+
+/// The first address of every page `log` has marked below `end`.
+pub fn marked(log: &LogRegion, end: u64) -> Vec<u64> {
+    (0..end.div_ceil(0x1000))
+        .map(|p| p * 0x1000)
+        .filter(|&gpa| log.is_marked(gpa))
+        .collect()
+}
+
+/// The pages a pass marks for `mock`'s used ring.
+pub fn used_ring_pages(mock: &MockSplitQueue<'_, GuestMemoryMmap>) -> Vec<u64> {
+    let start = mock.used_addr().0;
+    let end = start + vhost_user_daemon::dirty_log::used_ring_bytes(QSIZE);
+    (start / 0x1000..end.div_ceil(0x1000))
+        .map(|p| p * 0x1000)
+        .collect()
 }
 
 /// 256 KiB of guest memory.

@@ -1,5 +1,9 @@
 //! The TX path: guest TX ring → validated header copy + frame → one
 //! `writev` on the pair's TAP queue.
+//!
+//! TX writes no guest data, only the used ring (entries, idx, flags,
+//! avail_event): with dirty logging on it is marked once per pass, after
+//! the pass wrote it ([`crate::dirty`]).
 
 use std::io;
 
@@ -7,12 +11,12 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use log::debug;
 use virtio_devices::net::header::{HeaderError, VirtioNetHdr, check_tx_len};
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use crate::counters::{Drop, QueueCounters};
-use crate::iov;
 use crate::pair_types::{Negotiated, Virtqueue};
+use crate::{dirty, iov};
 
 /// How a TX pass ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,8 +77,32 @@ fn run(
     counters: &QueueCounters,
     scratch: &mut TxScratch,
 ) -> Result<TxOutcome, virtio_queue::Error> {
+    let log = ring.dirty_log();
     let q = ring.queue();
     let mut used = false;
+    let outcome = drain(q, mem, tap, neg, counters, scratch, &mut used);
+    if let Some(log) = &log {
+        dirty::mark_used_ring(log, q);
+    }
+    let outcome = outcome?;
+    if used && q.needs_notification(mem)? {
+        if let Err(e) = ring.signal_used() {
+            debug!("event=tx_signal_failed err={e}");
+        }
+    }
+    Ok(outcome)
+}
+
+/// Sends what `q` holds; `used` tells whether any used entry was added.
+fn drain(
+    q: &mut Queue,
+    mem: &GuestMemoryMmap,
+    tap: RawFd,
+    neg: Negotiated,
+    counters: &QueueCounters,
+    scratch: &mut TxScratch,
+    used: &mut bool,
+) -> Result<TxOutcome, virtio_queue::Error> {
     let mut outcome = TxOutcome::Drained;
     'ring: loop {
         q.disable_notification(mem)?;
@@ -84,7 +112,7 @@ fn run(
             match send_one(chain, mem, tap, neg, counters, scratch) {
                 Sent::Done => {
                     q.add_used(mem, head, 0)?;
-                    used = true;
+                    *used = true;
                 }
                 Sent::WouldBlock => {
                     q.go_to_previous_position();
@@ -96,11 +124,6 @@ fn run(
         }
         if !q.enable_notification(mem)? {
             break;
-        }
-    }
-    if used && q.needs_notification(mem)? {
-        if let Err(e) = ring.signal_used() {
-            debug!("event=tx_signal_failed err={e}");
         }
     }
     Ok(outcome)
@@ -189,7 +212,10 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::test_ring::{BUF, QSIZE, TestRing, frame, memory, post, recv, send, used, wire};
+    use crate::test_ring::{
+        BUF, QSIZE, TestRing, frame, log_region, marked, memory, post, recv, send, used,
+        used_ring_pages, wire,
+    };
 
     const NEG: Negotiated = Negotiated {
         acked: VERSION_1,
@@ -289,5 +315,23 @@ mod tests {
         assert_eq!(recv(&peer).map(|f| f[12..].to_vec()), Some(body));
         assert_eq!(used(&mem, &mock), vec![(u32::from(head), 0)]);
         assert!(ring.signalled());
+    }
+
+    #[test]
+    fn with_logging_on_only_the_used_ring_is_marked() {
+        let mem = memory();
+        let mock = MockSplitQueue::new(&mem, QSIZE);
+        let mut ring = TestRing::new(&mock);
+        let log = log_region(8);
+        ring.log = Some(log.clone());
+        let (tap, peer) = wire();
+        let counters = QueueCounters::default();
+        let head = queue_frame(&mem, &mock, 0, 0, &frame(60, 2));
+        let mut scratch = TxScratch::default();
+        let out = process(&mut ring, &mem, &tap, NEG, &counters, &mut scratch);
+        assert_eq!(out, Ok(TxOutcome::Drained));
+        assert!(recv(&peer).is_some());
+        assert_eq!(used(&mem, &mock), vec![(u32::from(head), 0)]);
+        assert_eq!(marked(&log, 0x4_0000), used_ring_pages(&mock));
     }
 }
