@@ -33,6 +33,9 @@ pub fn percentile(samples: &mut [u32], q: f64) -> Option<u32> {
     if samples.is_empty() {
         return None;
     }
+    // Float to int `as` saturates (NaN to 0) and the rank is clamped to
+    // 1..=len right after, so nothing is lost; std has no checked f64 -> usize.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let rank = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
     let (_, v, _) = samples.select_nth_unstable(rank);
     Some(*v)

@@ -18,6 +18,7 @@ pub const F_LOG_ALL: u64 = 1 << 26;
 pub const PAGE: u64 = 4096;
 
 /// A dirty-page bitmap the daemon maps, read back by the test.
+#[derive(Debug)]
 pub struct LogBitmap {
     /// The bitmap itself, mapped here like guest memory (one memfd).
     map: GuestMemoryMmap,

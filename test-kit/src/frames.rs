@@ -18,7 +18,7 @@ const ETHERTYPE_IPV4: u16 = 0x0800;
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
 /// Ethernet + IPv4 + TCP (20-byte header, no options).
-const HDRS: usize = 14 + 20 + 20;
+const HDRS: u16 = 14 + 20 + 20;
 
 /// Ethernet header from [`HOST_MAC`] to [`GUEST_MAC`].
 pub fn eth_header(ethertype: u16) -> Vec<u8> {
@@ -39,7 +39,7 @@ pub fn frame(len: usize, seed: u8) -> Vec<u8> {
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
-        f.push(x as u8);
+        f.push(x.to_le_bytes()[0]);
     }
     f
 }
@@ -76,11 +76,11 @@ pub fn ipv4_tcp_header(ip_len: u16, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
 /// Header + one TCPv4 GSO frame of `total` bytes (≤ 65535 + 14): a valid
 /// Ethernet/IPv4/TCP packet the kernel will segment at [`GSO_MSS`].
 pub fn gso_packet(total: usize) -> Vec<u8> {
-    let total = total.clamp(HDRS + 1, 65535 + 14);
+    let total = total.clamp(usize::from(HDRS) + 1, 65535 + 14);
     let mut p = vnet_hdr(
         VIRTIO_NET_HDR_F_NEEDS_CSUM,
         VIRTIO_NET_HDR_GSO_TCPV4,
-        HDRS as u16,
+        HDRS,
         GSO_MSS,
         14 + 20,
         16,
@@ -88,7 +88,7 @@ pub fn gso_packet(total: usize) -> Vec<u8> {
     let mut f = eth_header(ETHERTYPE_IPV4);
     f.reserve(total - f.len());
     f.extend(ipv4_tcp_header(
-        (total - 14) as u16,
+        u16::try_from(total - 14).expect("clamped to 65535 above"),
         [10, 0, 0, 2],
         [10, 0, 0, 1],
     ));
@@ -98,9 +98,10 @@ pub fn gso_packet(total: usize) -> Vec<u8> {
     let mut tcp = vec![
         0x9c, 0x40, 0x14, 0x51, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0,
     ];
-    let tcp_len = (total - 14 - 20) as u32;
+    let tcp_len = u32::try_from(total - 14 - 20).expect("clamped to 65535 above");
     let pseudo = 0x0a00 + 0x0002 + 0x0a00 + 0x0001 + 6 + tcp_len;
-    let folded = ((pseudo & 0xffff) + (pseudo >> 16)) as u16;
+    // pseudo < 0x1_1400, so one fold cannot carry out of 16 bits.
+    let folded = u16::try_from((pseudo & 0xffff) + (pseudo >> 16)).expect("one fold suffices");
     tcp[16..18].copy_from_slice(&folded.to_be_bytes());
     f.extend_from_slice(&tcp);
     f.resize(total, 0x5a);
@@ -117,7 +118,7 @@ pub fn ip_checksum(h: &[u8]) -> u16 {
     while s > 0xffff {
         s = (s & 0xffff) + (s >> 16);
     }
-    !(s as u16)
+    !u16::try_from(s).expect("folded to 16 bits above")
 }
 
 #[cfg(test)]

@@ -7,13 +7,15 @@ use std::process::Command;
 
 /// A raw image of `size` bytes filled with a recognisable pattern.
 pub fn raw_image(path: &Path, size: usize) {
-    let data: Vec<u8> = (0..size).map(|i| (i / 512 % 251) as u8).collect();
+    let data: Vec<u8> = (0..size)
+        .map(|i| u8::try_from(i / 512 % 251).expect("below 251"))
+        .collect();
     std::fs::write(path, data).expect("write the raw image");
 }
 
 /// Pattern byte of sector `s` in [`raw_image`].
 pub fn pattern(sector: u64) -> u8 {
-    (sector % 251) as u8
+    u8::try_from(sector % 251).expect("below 251")
 }
 
 /// qemu-img, run in `cwd` (it creates relative data files there); its

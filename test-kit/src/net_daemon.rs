@@ -18,6 +18,7 @@ use crate::frontend::net::QSIZE;
 
 /// The daemon serving in a thread of the caller; stopped and joined on
 /// drop.
+#[derive(Debug)]
 pub struct Daemon {
     pub sock: PathBuf,
     pub tap: String,

@@ -21,6 +21,10 @@ pub enum PacketError {
     Short { sent: usize, len: usize },
 }
 
+/// `sizeof(struct sockaddr_ll)` (20).
+const SOCKADDR_LL_LEN: libc::socklen_t = 20;
+const _: () = assert!(std::mem::size_of::<libc::sockaddr_ll>() == SOCKADDR_LL_LEN as usize);
+
 fn os(what: &'static str) -> PacketError {
     PacketError::Os(what, std::io::Error::last_os_error())
 }
@@ -35,7 +39,9 @@ impl PacketSocket {
     /// Binds to `ifname`; with `vnet_hdr`, frames carry a virtio-net
     /// header (PACKET_VNET_HDR).
     pub fn open(ifname: &str, vnet_hdr: bool) -> Result<PacketSocket, PacketError> {
-        let proto = (libc::ETH_P_ALL as u16).to_be();
+        let proto = u16::try_from(libc::ETH_P_ALL)
+            .expect("ETH_P_ALL is 3")
+            .to_be();
         // SAFETY: plain socket(2); the result is checked.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
         if fd < 0 {
@@ -67,15 +73,16 @@ impl PacketSocket {
         }
         // SAFETY: sockaddr_ll is plain data; all-zero is valid.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_family = u16::try_from(libc::AF_PACKET).expect("AF_PACKET is 17");
         sll.sll_protocol = proto;
-        sll.sll_ifindex = ifindex as i32;
+        sll.sll_ifindex =
+            i32::try_from(ifindex).map_err(|_| PacketError::NoIface(ifname.into()))?;
         // SAFETY: bind reads one sockaddr_ll of the given size.
         let r = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
                 (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                SOCKADDR_LL_LEN,
             )
         };
         if r != 0 {
@@ -88,12 +95,13 @@ impl PacketSocket {
     pub fn send(&self, bytes: &[u8]) -> Result<(), PacketError> {
         // SAFETY: send reads `bytes`, alive for the call.
         let n = unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
-        if n < 0 {
+        // Negative: the call failed.
+        let Ok(sent) = usize::try_from(n) else {
             return Err(os("send"));
-        }
-        if n as usize != bytes.len() {
+        };
+        if sent != bytes.len() {
             return Err(PacketError::Short {
-                sent: n as usize,
+                sent,
                 len: bytes.len(),
             });
         }
@@ -121,14 +129,15 @@ impl PacketSocket {
                 events: libc::POLLIN,
                 revents: 0,
             };
+            let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX - 1) + 1;
             // SAFETY: poll on one pollfd on our stack.
-            let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32 + 1) };
+            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
             if r <= 0 {
                 continue;
             }
             // SAFETY: sockaddr_ll is plain data; all-zero is valid.
             let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut sl = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            let mut sl = SOCKADDR_LL_LEN;
             // SAFETY: recvfrom writes into buf and sll within their sizes.
             let n = unsafe {
                 libc::recvfrom(
@@ -140,10 +149,14 @@ impl PacketSocket {
                     &mut sl,
                 )
             };
-            if n <= 0 || sll.sll_pkttype == libc::PACKET_OUTGOING {
+            // Negative: the call failed.
+            let Ok(n) = usize::try_from(n) else {
+                continue;
+            };
+            if n == 0 || sll.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
-            let f = &buf[..n as usize];
+            let f = &buf[..n];
             if want(f) {
                 return Some(f.to_vec());
             }

@@ -63,7 +63,7 @@ fn main() {
             }
             done += 1;
             q.write_header(slot, req, next_sector());
-            q.publish(id as u16);
+            q.publish(u16::try_from(id).expect("id < queue size"));
         }
         q.kick();
     }

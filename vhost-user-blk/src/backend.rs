@@ -36,8 +36,11 @@ pub enum BackendError {
 }
 
 /// The vhost-user-blk device for one connection.
+#[derive(Debug)]
 pub struct VhostUserBlkBackend {
     info: BlockDeviceInfo,
+    /// Flushed when a queue stops (the switch-over of a migration).
+    disk: Arc<Disk>,
     workers: Vec<Mutex<QueueWorker>>,
     event_idx: AtomicBool,
     acked_features: AtomicU64,
@@ -76,6 +79,7 @@ impl VhostUserBlkBackend {
         }
         Ok(VhostUserBlkBackend {
             info,
+            disk,
             workers,
             event_idx: AtomicBool::new(false),
             acked_features: AtomicU64::new(0),
@@ -214,11 +218,25 @@ impl VhostUserBackend for VhostUserBlkBackend {
         pair
     }
 
+    /// GET_VRING_BASE (vhost-user-backend has already stopped the ring:
+    /// no more pops). Before the frontend gets its reply, every request of
+    /// the queue completes — data written and marked, used entries
+    /// published, the guest signalled — and the image is flushed: at a
+    /// migration's switch-over the destination finds nothing left to do,
+    /// and this daemon writes nothing to the image after the reply.
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         let Some(worker) = self.workers.get(queue_index as usize) else {
             return Ok(());
         };
-        lock(worker).drain().map_err(io::Error::other)
+        let mut worker = lock(worker);
+        let inflight = worker.inflight();
+        worker.drain().map_err(io::Error::other)?;
+        drop(worker);
+        self.disk.hand_over().map_err(io::Error::other)?;
+        log::info!(
+            "event=vring_stopped queue={queue_index} completed_inflight={inflight} image=flushed"
+        );
+        Ok(())
     }
 
     fn handle_event(

@@ -116,6 +116,7 @@ pub struct Opened {
 }
 
 /// `--backing-dir`, opened once.
+#[derive(Debug)]
 struct BackingDir {
     /// As given.
     path: PathBuf,
@@ -126,6 +127,7 @@ struct BackingDir {
 }
 
 /// Resolves header names under a [`ChainPolicy`].
+#[derive(Debug)]
 pub struct Resolver {
     policy: ChainPolicy,
     dir: Option<BackingDir>,
@@ -246,7 +248,7 @@ impl Resolver {
         let c_name = std::ffi::CString::new(relative.as_os_str().as_encoded_bytes())
             .map_err(|_| "contains a NUL byte".to_string())?;
         let how = OpenHow {
-            flags: self.flags(false) as u64,
+            flags: u64::try_from(self.flags(false)).map_err(|_| "bad open flags".to_string())?,
             mode: 0,
             resolve: libc::RESOLVE_BENEATH
                 | libc::RESOLVE_NO_SYMLINKS
@@ -277,8 +279,9 @@ impl Resolver {
                 _ => format!("{}: {e}", path.display()),
             });
         }
+        let raw = libc::c_int::try_from(fd).map_err(|_| format!("openat2 returned {fd}"))?;
         // SAFETY: openat2 returned a new descriptor that nothing else owns.
-        let file = unsafe { File::from_raw_fd(fd as libc::c_int) };
+        let file = unsafe { File::from_raw_fd(raw) };
         let file = checked(&path, file).map_err(|e| e.to_string())?;
         Ok(Opened { path, file })
     }

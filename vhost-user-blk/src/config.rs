@@ -142,6 +142,9 @@ pub struct Config {
     /// Destination of a live migration: take the image lock only when the
     /// frontend starts a queue ([`crate::image_lock`]).
     pub incoming: bool,
+    /// Test-only negative control (`--test-never-mark-dirty`): offer
+    /// dirty logging and never mark a page.
+    pub never_mark_dirty: bool,
 }
 
 impl TryFrom<Args> for Config {
@@ -189,8 +192,10 @@ impl TryFrom<Args> for Config {
             },
             chain,
             read_only: args.read_only,
-            num_queues: args.num_queues as u16,
-            queue_size: args.queue_size as u16,
+            num_queues: u16::try_from(args.num_queues)
+                .map_err(|_| ConfigError::NumQueues(args.num_queues))?,
+            queue_size: u16::try_from(args.queue_size)
+                .map_err(|_| ConfigError::QueueSize(args.queue_size))?,
             cache: match args.cache {
                 CacheArg::Writeback => CacheMode::Writeback,
                 CacheArg::None => CacheMode::None,
@@ -202,6 +207,7 @@ impl TryFrom<Args> for Config {
             poll: Duration::from_micros(args.poll_us),
             null_io: args.null_io,
             incoming: args.incoming,
+            never_mark_dirty: args.common.test_never_mark_dirty,
         })
     }
 }

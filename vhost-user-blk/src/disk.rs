@@ -64,6 +64,7 @@ pub enum DiskError {
 }
 
 /// The backing store behind the device.
+#[derive(Debug)]
 pub enum DiskBackend {
     /// Raw file or block device: served by io_uring.
     Raw {
@@ -77,6 +78,7 @@ pub enum DiskBackend {
 }
 
 /// An open disk image.
+#[derive(Debug)]
 pub struct Disk {
     /// The advisory lock (exclusive, shared when read-only), held for the
     /// daemon's lifetime so two daemons never serve one image, handed over
@@ -203,6 +205,25 @@ impl Disk {
                 ..
             }
         )
+    }
+
+    /// A queue stopped (GET_VRING_BASE: a migration's switch-over, a
+    /// device stop): what this daemon holds for the image goes to the file
+    /// so another daemon opening it sees every completed write — qcow2's
+    /// metadata caches whatever the cache mode — and is made durable
+    /// (fdatasync) unless cache=unsafe.
+    pub fn hand_over(&self) -> Result<(), DiskError> {
+        if let DiskBackend::Qcow2(access) = &self.backend {
+            let access = access
+                .lock()
+                .map_err(|_| DiskError::Flush(std::io::Error::other("qcow2 lock poisoned")))?;
+            access.flush().map_err(DiskError::Flush)?;
+            if self.cache.flush_syncs() {
+                access.sync().map_err(DiskError::Flush)?;
+            }
+            return Ok(());
+        }
+        self.flush()
     }
 
     /// Make everything written so far durable (at shutdown); a no-op for

@@ -46,6 +46,7 @@ const REQ_SET_VRING_KICK: u32 = 12;
 const VRING_NOFD: u64 = 1 << 8;
 
 /// The blk daemon's message policy (see the module docs).
+#[derive(Debug)]
 pub struct BlkFilter {
     region: SharedRegion,
     num_queues: u16,

@@ -68,6 +68,7 @@ pub enum Qcow2ChainError {
 }
 
 /// An open qcow2 image and every file it uses.
+#[derive(Debug)]
 pub struct OpenedQcow2 {
     /// The driver.
     pub access: Qcow2Access,

@@ -66,7 +66,8 @@ mod tests {
                 [
                     libc::fsync(-1),
                     libc::fallocate(-1, 0, 0, 1),
-                    libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0, 0) as i32,
+                    i32::try_from(libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0, 0))
+                        .unwrap_or(0),
                 ]
             };
             if rcs == [-1; 3] { 7 } else { 1 }

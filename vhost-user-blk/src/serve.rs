@@ -37,6 +37,7 @@ pub enum RunError {
 }
 
 /// The daemon's long-lived state.
+#[derive(Debug)]
 pub struct Server {
     device: BlkDevice,
     listener: Bound,
@@ -45,6 +46,7 @@ pub struct Server {
 }
 
 /// What outlives connections: the disk, its geometry, the counters.
+#[derive(Debug)]
 struct BlkDevice {
     config: Config,
     disk: Arc<Disk>,
@@ -56,11 +58,14 @@ impl serve::Device for BlkDevice {
     type Backend = VhostUserBlkBackend;
     type Filter = BlkFilter;
     const NAME: &'static str = "vhost-user-blk";
+    /// Every write to guest memory is marked (`worker/dirty.rs`), and
+    /// GET_VRING_BASE completes the queue before it answers.
+    const LOGS_DIRTY_PAGES: bool = true;
 
     fn connect(
         &self,
         mem: GuestMemoryShared,
-        _log: DirtyLog,
+        log: DirtyLog,
     ) -> Result<(Arc<VhostUserBlkBackend>, BlkFilter), DeviceError> {
         let region = SharedRegion::default();
         let settings = WorkerSettings {
@@ -70,6 +75,7 @@ impl serve::Device for BlkDevice {
             poll: self.config.poll,
             writeback: Arc::new(AtomicBool::new(self.info.writeback)),
             null_io: self.config.null_io,
+            log,
         };
         let backend = Arc::new(VhostUserBlkBackend::new(
             self.info.clone(),
@@ -80,6 +86,10 @@ impl serve::Device for BlkDevice {
         )?);
         let filter = BlkFilter::new(region, self.info.num_queues, self.info.queue_size);
         Ok((backend, filter))
+    }
+
+    fn never_mark_dirty(&self) -> bool {
+        self.config.never_mark_dirty
     }
 
     fn attach(

@@ -24,15 +24,17 @@ use crate::counters::QueueCounters;
 use crate::disk::Disk;
 use crate::engine::{BlockEngine, Engine, EngineError, EngineParams, Reaped, Submitted};
 
+mod dirty;
 mod pending;
 mod resume;
 mod settings;
 mod triage;
 mod used;
-use pending::{Pending, PendingTable, Transfer};
+use pending::{Pending, PendingTable, Transfer, take_written};
 use resume::{Resume, resume};
 pub use settings::WorkerSettings;
 use triage::{Triage, triage};
+use used::Finished;
 
 /// Guest memory as the daemon maps it.
 pub type Mem = crate::engine::Mem;
@@ -50,6 +52,7 @@ pub enum WorkerError {
 }
 
 /// A queue's worker state (one per queue, behind that queue's own mutex).
+#[derive(Debug)]
 pub struct QueueWorker {
     index: usize,
     settings: WorkerSettings,
@@ -263,13 +266,15 @@ impl QueueWorker {
                 let outcome = request::parse(head, descs, &*mem, &self.settings.limits);
                 self.dispatch(vring, &mem, outcome)?;
             }
-            let more = {
+            let more = self.event_idx && {
                 let mut state = vring.get_mut();
-                self.event_idx
-                    && state
-                        .get_queue_mut()
-                        .enable_notification(&*mem)
-                        .unwrap_or(false)
+                let queue = state.get_queue_mut();
+                let more = queue.enable_notification(&*mem).unwrap_or(false);
+                // It wrote avail_event into the used ring.
+                if let Some(log) = self.settings.log.active() {
+                    dirty::mark_used_ring(&log, queue);
+                }
+                more
             };
             if !more {
                 break;
@@ -302,21 +307,30 @@ impl QueueWorker {
         mem: &Arc<Mem>,
         outcome: ParseOutcome,
     ) -> Result<(), WorkerError> {
-        let req = match triage(outcome, mem, &self.settings.serial, self.index) {
+        let mut req = match triage(outcome, mem, &self.settings.serial, self.index) {
             Triage::Submit(req) => req,
             Triage::Finish {
                 head,
                 status_addr,
                 status,
                 len,
+                written,
             } => {
-                self.finish(vring, mem, head, status_addr, status, len);
+                let f = Finished {
+                    head,
+                    status_addr,
+                    status,
+                    len,
+                    written: &written,
+                };
+                self.finish(vring, mem, f);
                 return Ok(());
             }
             Triage::Drop { head } => {
                 QueueCounters::bump(&self.counters().dropped);
                 QueueCounters::bump(&self.counters().requests);
-                self.add_used(vring, mem, head, 0);
+                let log = self.settings.log.active();
+                self.add_used(vring, mem, head, 0, log.as_deref());
                 return Ok(());
             }
         };
@@ -324,7 +338,14 @@ impl QueueWorker {
         match self.engine.submit(mem, &req.kind, u64::from(req.head))? {
             Submitted::Done(done) => {
                 self.account(transfer, done.status);
-                self.finish(vring, mem, req.head, req.status_addr, done.status, done.len);
+                let f = Finished {
+                    head: req.head,
+                    status_addr: req.status_addr,
+                    status: done.status,
+                    len: done.len,
+                    written: &take_written(&mut req.kind),
+                };
+                self.finish(vring, mem, f);
             }
             Submitted::Queued => {
                 let pending = Pending {
@@ -332,6 +353,7 @@ impl QueueWorker {
                     status_addr: req.status_addr,
                     mem: Arc::clone(mem),
                     transfer,
+                    written: take_written(&mut req.kind),
                 };
                 if !self.pending.insert(pending) {
                     // Heads are checked against the queue size when popped.
@@ -357,8 +379,14 @@ impl QueueWorker {
             };
             let status = reaped.completion.status;
             self.account(entry.transfer, status);
-            let (head, at, len) = (entry.head, entry.status_addr, reaped.completion.len);
-            self.finish(vring, &entry.mem, head, at, status, len);
+            let f = Finished {
+                head: entry.head,
+                status_addr: entry.status_addr,
+                status,
+                len: reaped.completion.len,
+                written: &entry.written,
+            };
+            self.finish(vring, &entry.mem, f);
         }
         self.reaped = done;
     }

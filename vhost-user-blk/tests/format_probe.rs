@@ -75,7 +75,7 @@ fn refused(image: &Path, extra: &[&str]) -> String {
 fn raw_with_qcow2_header(dir: &TempDir, path: &Path, backing: &Path, size: u64) {
     let mut bytes = qcow2_header_naming(&dir.path("hdr.qcow2"), backing, size);
     assert!(!bytes.contains(&SECRET));
-    bytes.resize(size as usize, 0);
+    bytes.resize(usize::try_from(size).expect("size"), 0);
     std::fs::write(path, bytes).unwrap();
 }
 

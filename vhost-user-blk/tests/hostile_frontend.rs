@@ -111,7 +111,7 @@ fn descriptors_rewritten_after_the_daemon_read_them() {
         // outside memory and loop on themselves.
         q.fill(63, 0x4000, 0);
         q.write_header(60, VIRTIO_BLK_T_IN, 0);
-        for idx in 0..(3 * N as u16) {
+        for idx in 0..(3 * u16::try_from(N).expect("N")) {
             let d = match idx % 3 {
                 0 if idx % 2 == 0 => Descriptor::new(q.scratch(60), 16, 1, idx + 1),
                 0 => Descriptor::new(u64::MAX - 8, 16, 1, idx),

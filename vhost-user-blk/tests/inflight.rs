@@ -161,7 +161,7 @@ fn a_restarted_daemon_resubmits_what_its_predecessor_left_in_flight() {
     drop(fe1);
     let mut heads = Vec::new();
     for i in 1..=4u64 {
-        q.fill(i, 4096, 0xb0 + i as u8);
+        q.fill(i, 4096, 0xb0 + i.to_le_bytes()[0]);
         heads.push(q.queue_request(i, VIRTIO_BLK_T_OUT, 8 * (1 + i), &[(i, 4096)]));
     }
     mark(&region.1, heads[1], 41);
@@ -186,7 +186,7 @@ fn a_restarted_daemon_resubmits_what_its_predecessor_left_in_flight() {
         assert!(
             read_image(&image, 8 * (1 + i), 4096)
                 .iter()
-                .all(|&b| b == 0xb0 + i as u8),
+                .all(|&b| b == 0xb0 + i.to_le_bytes()[0]),
             "request {i}'s data is not in the image"
         );
     }
@@ -270,14 +270,17 @@ fn a_region_sized_unlike_the_ring_is_refused_and_requests_are_served() {
         // 16-entry ring, heads 9 and 12 lie above the 8-entry region.
         let n = u64::from(ring / 3);
         for i in 0..n {
-            q.fill(i, 512, 0xc0 + i as u8);
+            q.fill(i, 512, 0xc0 + i.to_le_bytes()[0]);
             q.queue_request(i, VIRTIO_BLK_T_OUT, i, &[(i, 512)]);
         }
         q.kick();
-        q.wait_used(n as usize, T);
+        q.wait_used(usize::try_from(n).expect("n"), T);
         for i in 0..n {
             assert_eq!(q.status(i), S_OK, "ring {ring}, request {i}");
-            assert_eq!(read_image(&image, i, 512), vec![0xc0 + i as u8; 512]);
+            assert_eq!(
+                read_image(&image, i, 512),
+                vec![0xc0 + i.to_le_bytes()[0]; 512]
+            );
         }
         let mut hdr = [0u8; 16];
         region.1.read_exact_at(&mut hdr, 0).unwrap();

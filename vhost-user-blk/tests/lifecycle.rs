@@ -133,7 +133,7 @@ fn sigterm_with_requests_in_flight_drains_flushes_and_exits_zero() {
     let mut s = connect(&d.socket, 1, 128, !0);
     let q = &mut s.queues[0];
     for i in 0..32u64 {
-        q.fill(i, 4096, 0xc0 | (i as u8 & 0xf));
+        q.fill(i, 4096, 0xc0 | (i.to_le_bytes()[0] & 0xf));
         q.queue_request(i, VIRTIO_BLK_T_OUT, i * 8, &[(i, 4096)]);
     }
     q.kick();
@@ -150,11 +150,11 @@ fn sigterm_with_requests_in_flight_drains_flushes_and_exits_zero() {
     let completed = (0..32u64).filter(|&i| q.status(i) == S_OK).count();
     assert_eq!(completed, usize::from(done));
     for i in 0..completed as u64 {
-        let off = (i * 4096) as usize;
+        let off = usize::try_from(i * 4096).expect("offset");
         assert!(
             data[off..off + 4096]
                 .iter()
-                .all(|&b| b == 0xc0 | (i as u8 & 0xf))
+                .all(|&b| b == 0xc0 | (i.to_le_bytes()[0] & 0xf))
         );
     }
     assert!(!d.socket.exists(), "socket left behind");

@@ -71,7 +71,7 @@ fn a_departed_frontends_requests_end_before_the_next_frontend_is_served() {
         .unwrap();
     let rings = ring_area(0);
     mem2.write_slice(
-        &vec![0u8; (rings.end - rings.start) as usize],
+        &vec![0u8; usize::try_from(rings.end - rings.start).expect("ring size")],
         GuestAddress(rings.start),
     )
     .unwrap();
@@ -113,7 +113,10 @@ fn a_departed_frontends_requests_end_before_the_next_frontend_is_served() {
             || (q2.used..q2.used + 4 + 8 * u64::from(QS) + 2).contains(&gpa)
     };
     let stray: Vec<u64> = (0..GUEST_MEM_SIZE as u64)
-        .filter(|&a| before[a as usize] != after[a as usize] && !allowed(a))
+        .filter(|&a| {
+            before[usize::try_from(a).expect("a")] != after[usize::try_from(a).expect("a")]
+                && !allowed(a)
+        })
         .collect();
     eprintln!(
         "frontend 2 served after {served_after:?}; {} bytes of its memory changed that it did not ask for; \
@@ -236,7 +239,10 @@ fn requests_in_flight_across_a_memory_table_change_all_complete() {
         assert!(q.read_buf(i, 4096) == want, "request {i}'s data");
     }
     // The daemon goes on serving under the new table.
-    q.wait_used(BATCH as usize, Duration::from_secs(1));
+    q.wait_used(
+        usize::try_from(BATCH).expect("batch"),
+        Duration::from_secs(1),
+    );
     let (status, _) = q.request(VIRTIO_BLK_T_GET_ID, 0, &[(BUF2, 20)]);
     assert_eq!(status, S_OK);
     assert!(daemon.alive());

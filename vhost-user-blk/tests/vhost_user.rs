@@ -34,6 +34,7 @@ fn negotiation_and_config_space() {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            | VhostUserProtocolFeatures::LOG_SHMFD
     );
     assert_eq!(s.fe.get_queue_num().unwrap(), 2);
     let (_, cfg) =
@@ -147,7 +148,7 @@ fn multi_queue_io_is_independent() {
     let mut s = connect(&d.socket, 2, 64, !F_EVENT_IDX);
     for q in 0..2usize {
         let tq = &mut s.queues[q];
-        tq.fill(0, 4096, 0x10 + q as u8);
+        tq.fill(0, 4096, 0x10 + q.to_le_bytes()[0]);
         assert_eq!(
             tq.request(VIRTIO_BLK_T_OUT, 1000 + 8 * q as u64, &[(0, 4096)])
                 .0,
@@ -166,7 +167,7 @@ fn multi_queue_io_is_independent() {
         assert!(
             tq.read_buf(1, 4096)
                 .iter()
-                .all(|&b| b == 0x10 + other as u8)
+                .all(|&b| b == 0x10 + other.to_le_bytes()[0])
         );
     }
 }

@@ -41,10 +41,10 @@ pub fn collect<M: GuestMemoryBackend + ?Sized>(
         };
         if desc.refers_to_indirect_table() {
             let len = desc.len();
-            if indirect || len % DESC_SIZE as u32 != 0 {
+            if indirect || u64::from(len) % DESC_SIZE != 0 {
                 break;
             }
-            let Ok(entries) = u16::try_from(len / DESC_SIZE as u32) else {
+            let Ok(entries) = u16::try_from(u64::from(len) / DESC_SIZE) else {
                 break;
             };
             table = desc.addr();
@@ -72,6 +72,7 @@ mod tests {
     use virtio_bindings::bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
+    use virtio_devices::narrow::u16_of;
     use virtio_queue::QueueOwnedT;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
@@ -79,9 +80,9 @@ mod tests {
 
     use super::*;
 
-    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
-    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
-    const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
+    const NEXT: u16 = u16_of(VRING_DESC_F_NEXT);
+    const WRITE: u16 = u16_of(VRING_DESC_F_WRITE);
+    const INDIRECT: u16 = u16_of(VRING_DESC_F_INDIRECT);
 
     fn mem() -> GuestMemoryMmap<()> {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()

@@ -50,6 +50,16 @@ impl<M: GuestAddressSpace> CheckedVring<M> {
     }
 }
 
+// vhost-user-backend's VringRwLock has no Debug: print the latches only.
+impl<M: GuestAddressSpace> std::fmt::Debug for CheckedVring<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedVring")
+            .field("bad_size", &self.bad_size)
+            .field("err", &self.err)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'a, M: 'a + GuestAddressSpace> VringStateGuard<'a, M> for CheckedVring<M> {
     type G = <VringRwLock<M> as VringStateGuard<'a, M>>::G;
 }

@@ -125,6 +125,7 @@ pub fn queue_region_size(queue_size: u16) -> u64 {
 pub type SharedRegion = Arc<Mutex<Option<Arc<InflightRegion>>>>;
 
 /// A mapped in-flight region.
+#[derive(Debug)]
 pub struct InflightRegion {
     ptr: *mut u8,
     len: usize,
@@ -159,6 +160,10 @@ impl InflightRegion {
             });
         }
         let size = u64::from(num_queues) * queue_region_size(queue_size);
+        let file_len = libc::off_t::try_from(size).map_err(|_| InflightError::Geometry {
+            num_queues,
+            queue_size,
+        })?;
         // SAFETY: the name is a NUL-terminated literal; the call has no
         // other memory effects.
         let raw = unsafe {
@@ -173,7 +178,7 @@ impl InflightRegion {
         // SAFETY: memfd_create just returned this fd; we own it.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: ftruncate/fcntl on our own fd; no memory effects.
-        let rc = unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) };
+        let rc = unsafe { libc::ftruncate(fd.as_raw_fd(), file_len) };
         if rc != 0 {
             return Err(os("ftruncate"));
         }
@@ -241,6 +246,8 @@ impl InflightRegion {
             got: info.mmap_size,
             need: 0,
         })?;
+        let offset = libc::off_t::try_from(info.mmap_offset)
+            .map_err(|_| InflightError::PastEnd(info.mmap_offset))?;
         // SAFETY: a fresh shared mapping of a file we checked is at least
         // `offset + len` long and cannot shrink; nothing else is affected.
         let ptr = unsafe {
@@ -250,7 +257,7 @@ impl InflightRegion {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
-                info.mmap_offset as libc::off_t,
+                offset,
             )
         };
         if ptr == libc::MAP_FAILED {
@@ -280,7 +287,7 @@ impl InflightRegion {
         if q >= self.info.num_queues {
             return None;
         }
-        let stride = queue_region_size(self.info.queue_size) as usize;
+        let stride = usize::try_from(queue_region_size(self.info.queue_size)).ok()?;
         Some(InflightQueue {
             region: Arc::clone(self),
             base: usize::from(q) * stride,
@@ -335,6 +342,7 @@ pub struct Recovery {
 }
 
 /// One queue's view of the region, kept by that queue's worker.
+#[derive(Debug)]
 pub struct InflightQueue {
     region: Arc<InflightRegion>,
     base: usize,

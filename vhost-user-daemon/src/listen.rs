@@ -172,7 +172,9 @@ fn cstr(p: &Path) -> io::Result<std::ffi::CString> {
 
 fn is_listening_socket(fd: RawFd) -> bool {
     let mut val: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let Ok(mut len) = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()) else {
+        return false;
+    };
     // SAFETY: getsockopt writes at most `len` bytes into `val`; an invalid
     // fd just returns an error.
     let rc = unsafe {

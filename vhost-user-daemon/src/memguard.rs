@@ -63,6 +63,8 @@ pub enum MemGuardError {
     PageSize,
     #[error("more than {MAX_RANGES} guest memory ranges registered")]
     Full,
+    #[error("guest memory region of {0} bytes does not fit the address space")]
+    RegionLen(u64),
 }
 
 /// Faults survived so far.
@@ -111,7 +113,7 @@ type Tracked<B> = (Weak<GuestMemoryMmap<B>>, Vec<usize>);
 
 /// One connection's guest memory snapshots and the ranges registered for
 /// them; everything is unregistered on drop.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct GuestRanges<B: Bitmap + 'static = ()> {
     tracked: Mutex<Vec<Tracked<B>>>,
 }
@@ -125,7 +127,10 @@ impl<B: Bitmap + 'static> GuestRanges<B> {
             let Ok(host) = region.get_host_address(MemoryRegionAddress(0)) else {
                 continue;
             };
-            match register(host as usize, region.len() as usize) {
+            let registered = usize::try_from(region.len())
+                .map_err(|_| MemGuardError::RegionLen(region.len()))
+                .and_then(|len| register(host as usize, len));
+            match registered {
                 Ok(slot) => slots.push(slot),
                 Err(e) => {
                     slots.into_iter().for_each(unregister);
@@ -335,12 +340,13 @@ mod tests {
     /// A shared mapping of a memfd truncated to nothing: touching it faults.
     /// Raw libc only (runs in a forked child of a threaded process).
     fn truncated_mapping(len: usize) -> *mut u8 {
+        let file_len = libc::off_t::try_from(len).unwrap();
         // SAFETY: memfd_create/ftruncate/mmap with valid arguments; results
         // checked; the fd stays open (the child exits soon).
         unsafe {
             let fd = libc::memfd_create(c"memguard-child".as_ptr(), 0);
             assert!(fd >= 0);
-            assert_eq!(libc::ftruncate(fd, len as i64), 0);
+            assert_eq!(libc::ftruncate(fd, file_len), 0);
             let p = libc::mmap(
                 std::ptr::null_mut(),
                 len,

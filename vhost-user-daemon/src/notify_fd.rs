@@ -62,10 +62,11 @@ fn link_of(fd: BorrowedFd<'_>) -> Result<Vec<u8>, NotifyFdError> {
             buf.len(),
         )
     };
-    if n < 0 {
+    // Negative: the call failed.
+    let Ok(n) = usize::try_from(n) else {
         return Err(NotifyFdError::Inspect(raw, io::Error::last_os_error()));
-    }
-    Ok(buf[..n as usize].to_vec())
+    };
+    Ok(buf[..n].to_vec())
 }
 
 /// Whether `fd` is an eventfd.

@@ -100,7 +100,8 @@ fn peer_pid(s: &UnixStream) -> io::Result<u32> {
         uid: 0,
         gid: 0,
     };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: getsockopt writes at most `len` bytes into `cred`, a ucred.
     let rc = unsafe {
         libc::getsockopt(
@@ -148,10 +149,11 @@ mod tests {
         let mut addr: libc::sockaddr_un =
             // SAFETY: sockaddr_un is plain data; all-zero is valid.
             unsafe { std::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).unwrap();
         for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
-            *d = *s as libc::c_char;
+            *d = libc::c_char::from_ne_bytes([*s]);
         }
+        let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_un>()).unwrap();
         // SAFETY: the child only makes raw syscalls (socket, connect, write,
         // read, _exit), all async-signal-safe, before it exits.
         let pid = unsafe { libc::fork() };
@@ -160,7 +162,6 @@ mod tests {
             // SAFETY: raw syscalls on fds and memory this child owns.
             unsafe {
                 let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
                 if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
                     libc::_exit(2);
                 }

@@ -69,6 +69,7 @@ pub enum RelayError {
 }
 
 /// One vhost-user message with its fds.
+#[derive(Debug)]
 pub struct Msg {
     /// Request, flags and payload size, little endian.
     pub hdr: [u8; HDR_LEN],
@@ -84,8 +85,10 @@ impl Msg {
         let mut hdr = [0u8; HDR_LEN];
         hdr[0..4].copy_from_slice(&request.to_le_bytes());
         hdr[4..8].copy_from_slice(&flags.to_le_bytes());
-        // Payloads the relay builds are a few bytes long.
-        hdr[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        // Payloads the relay builds are a few bytes long; one too long for
+        // the header saturates here and `write_msg` refuses it (MAX_PAYLOAD).
+        let size = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        hdr[8..12].copy_from_slice(&size.to_le_bytes());
         Msg { hdr, payload, fds }
     }
 
@@ -130,6 +133,7 @@ impl Msg {
 }
 
 /// Where a message the filter produced goes.
+#[derive(Debug)]
 pub enum Routed {
     /// On to vhost-user-backend.
     ToBackend(Msg),
@@ -192,6 +196,9 @@ pub fn read_msg(s: &UnixStream, with_fds: bool) -> Result<Option<Msg>, RelayErro
 
 /// Writes one message (fds with its first bytes).
 pub fn write_msg(s: &UnixStream, m: &Msg) -> Result<(), RelayError> {
+    if m.payload.len() > MAX_PAYLOAD {
+        return Err(RelayError::TooBig(m.payload.len()));
+    }
     let mut buf = Vec::with_capacity(HDR_LEN + m.payload.len());
     buf.extend_from_slice(&m.hdr);
     buf.extend_from_slice(&m.payload);

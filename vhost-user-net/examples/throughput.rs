@@ -22,23 +22,27 @@ use viaduct_test_kit::packet::PacketSocket;
 use virtio_devices::net::features::{MRG_RXBUF, VERSION_1};
 
 const WINDOW: Duration = Duration::from_secs(2);
-const SLOT: u64 = 2048;
+const SLOT: u32 = 2048;
 
 fn daemon_tx(d: &Daemon, len: usize) -> f64 {
     let mut g = Guest::connect(d, VERSION_1 | MRG_RXBUF);
     let mut pkt = vnet_hdr(0, 0, 0, 0, 0, 0);
     pkt.extend_from_slice(&frame(len, 1));
     for i in 0..u64::from(QSIZE) {
-        vm_memory::Bytes::write_slice(&g.mem, &pkt, vm_memory::GuestAddress(BUF_BASE + i * SLOT))
-            .unwrap();
+        vm_memory::Bytes::write_slice(
+            &g.mem,
+            &pkt,
+            vm_memory::GuestAddress(BUF_BASE + i * u64::from(SLOT)),
+        )
+        .unwrap();
     }
     let mut outstanding = 0u32;
     let start_pkts = d.counters[0].tx.packets();
     let start = Instant::now();
     while start.elapsed() < WINDOW {
         while outstanding < u32::from(QSIZE) {
-            let at = BUF_BASE + u64::from(g.tx.next_desc) * SLOT;
-            g.tx.add(&g.mem, &[(at, pkt.len() as u32, false)]);
+            let at = BUF_BASE + u64::from(g.tx.next_desc) * u64::from(SLOT);
+            g.tx.add(&g.mem, &[(at, u32::try_from(pkt.len()).unwrap(), false)]);
             outstanding += 1;
         }
         g.kick_tx();
@@ -67,8 +71,8 @@ fn flood(ifname: String, len: usize, stop: Arc<AtomicBool>) -> std::thread::Join
 fn daemon_rx(d: &Daemon, len: usize) -> f64 {
     let mut g = Guest::connect(d, VERSION_1 | MRG_RXBUF);
     for _ in 0..QSIZE {
-        let at = BUF_BASE + u64::from(g.rx.next_desc) * SLOT;
-        g.rx.add(&g.mem, &[(at, SLOT as u32, true)]);
+        let at = BUF_BASE + u64::from(g.rx.next_desc) * u64::from(SLOT);
+        g.rx.add(&g.mem, &[(at, SLOT, true)]);
     }
     g.kick_rx();
     let stop = Arc::new(AtomicBool::new(false));
@@ -79,8 +83,8 @@ fn daemon_rx(d: &Daemon, len: usize) -> f64 {
     while start.elapsed() < WINDOW {
         let mut reposted = false;
         while g.rx.wait_used(&g.mem, Duration::ZERO).is_some() {
-            let at = BUF_BASE + u64::from(g.rx.next_desc) * SLOT;
-            g.rx.add(&g.mem, &[(at, SLOT as u32, true)]);
+            let at = BUF_BASE + u64::from(g.rx.next_desc) * u64::from(SLOT);
+            g.rx.add(&g.mem, &[(at, SLOT, true)]);
             reposted = true;
         }
         if reposted {

@@ -49,6 +49,8 @@ pub struct DeviceParams {
 pub enum BackendError {
     #[error("no tap queues")]
     NoQueues,
+    #[error("{0} tap queues: more than virtio-net's max_virtqueue_pairs holds")]
+    TooManyQueues(usize),
     #[error("tap queue count {taps} differs from counter count {counters}")]
     Mismatch { taps: usize, counters: usize },
     #[error("resetting tap queue {index}")]
@@ -60,6 +62,7 @@ pub enum BackendError {
 }
 
 /// The vhost-user-net device for one frontend connection.
+#[derive(Debug)]
 pub struct NetBackend {
     pairs: Vec<QueuePair>,
     config: NetConfigSpace,
@@ -97,6 +100,8 @@ impl NetBackend {
                 counters: counters.len(),
             });
         }
+        let max_virtqueue_pairs =
+            u16::try_from(taps.len()).map_err(|_| BackendError::TooManyQueues(taps.len()))?;
         let multiqueue = taps.len() > 1;
         let mut pairs = Vec::with_capacity(taps.len());
         for (index, (tap, c)) in taps.iter().zip(counters).enumerate() {
@@ -115,7 +120,7 @@ impl NetBackend {
         let config = NetConfigSpace {
             mac: params.mac,
             status: STATUS_LINK_UP,
-            max_virtqueue_pairs: taps.len() as u16,
+            max_virtqueue_pairs,
             mtu: params.mtu,
         };
         Ok(Self {

@@ -172,7 +172,8 @@ impl TryFrom<Args> for Config {
             mac,
             mtu,
             // Bounded by MAX_QUEUE_PAIRS above.
-            num_queue_pairs: a.num_queue_pairs as u16,
+            num_queue_pairs: u16::try_from(a.num_queue_pairs)
+                .map_err(|_| ConfigError::QueuePairs(a.num_queue_pairs))?,
             queue_size,
             poll_us: a.poll_us,
         })

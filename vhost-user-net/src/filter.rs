@@ -41,6 +41,7 @@ const PROTOCOL_F_NET_MTU: u64 = 1 << 4;
 const MIN_MTU: u64 = 68;
 
 /// The net daemon's message policy (see the module docs).
+#[derive(Debug)]
 pub struct NetFilter {
     tap_mtu: u16,
     /// The device's vring count: early enables are kept for these only.
@@ -179,7 +180,7 @@ mod tests {
         let mut v = Vec::new();
         v.extend_from_slice(&request.to_le_bytes());
         v.extend_from_slice(&flags.to_le_bytes());
-        v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        v.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
         v.extend_from_slice(payload);
         v
     }
@@ -297,7 +298,7 @@ mod tests {
         be.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let threads = spawn_relay(relay_front, relay_back, 1500, 4).unwrap();
         let mut hdr = raw(REQ_SET_FEATURES, FLAG_VERSION, &[]);
-        hdr[8..12].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
+        hdr[8..12].copy_from_slice(&(u32::try_from(MAX_PAYLOAD).unwrap() + 1).to_le_bytes());
         fe.write_all(&hdr).unwrap();
         let mut rest = Vec::new();
         assert_eq!(be.read_to_end(&mut rest).unwrap(), 0, "nothing forwarded");

@@ -9,8 +9,6 @@
 //! them goes through vm-memory's volatile accessors ([`VolatileSlice`]), never
 //! a plain memcpy the compiler may assume stable.
 
-use std::ops::Deref;
-
 use thiserror::Error;
 use virtio_queue::DescriptorChain;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
@@ -34,15 +32,17 @@ pub enum ChainError {
 /// must all be device-writable (`writable`) or all device-readable, and
 /// returns the chain's total length. Zero-length descriptors are skipped
 /// without being looked up.
-pub fn gather<M>(
-    chain: DescriptorChain<M>,
+///
+/// Not generic on purpose (and `#[inline]`, so each data path's codegen
+/// unit gets its own copy): the generic version cost about 5 % more
+/// instructions per 64-byte TX frame (docs/benchmarks.md, "TX inlining").
+#[inline]
+pub fn gather(
+    chain: DescriptorChain<&GuestMemoryMmap>,
     mem: &GuestMemoryMmap,
     writable: bool,
     out: &mut Vec<libc::iovec>,
-) -> Result<usize, ChainError>
-where
-    M: Deref<Target = GuestMemoryMmap>,
-{
+) -> Result<usize, ChainError> {
     let mut total = 0usize;
     for desc in chain {
         if desc.is_write_only() != writable {
@@ -147,6 +147,7 @@ pub fn skip_into(iovs: &[libc::iovec], mut offset: usize, out: &mut Vec<libc::io
 #[cfg(test)]
 mod tests {
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_devices::narrow::u16_of;
     use virtio_queue::desc::{RawDescriptor, split::Descriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
@@ -198,7 +199,7 @@ mod tests {
         let q = MockSplitQueue::new(&mem, 16);
         let descs: Vec<RawDescriptor> = [(0x8000u64, 5u32), (0xfffd, 3), (0x20010, 9)]
             .iter()
-            .map(|&(addr, len)| Descriptor::new(addr, len, VRING_DESC_F_WRITE as u16, 0).into())
+            .map(|&(addr, len)| Descriptor::new(addr, len, u16_of(VRING_DESC_F_WRITE), 0).into())
             .collect();
         let chain = q.build_desc_chain(&descs).unwrap();
         let mut iovs = Vec::new();

@@ -49,6 +49,7 @@ fn pass<T>(
     Some(f(&mut guard))
 }
 
+#[derive(Debug)]
 struct PairState {
     rx: RxState,
     tx: TxScratch,
@@ -63,6 +64,7 @@ struct PairState {
 }
 
 /// One queue pair of the device.
+#[derive(Debug)]
 pub struct QueuePair {
     index: usize,
     tap: Arc<TapQueue>,

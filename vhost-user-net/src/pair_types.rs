@@ -66,6 +66,7 @@ impl Wake {
 }
 
 /// Per-connection context every wake-up needs.
+#[derive(Debug)]
 pub struct PairCtx<'a> {
     pub mem: &'a GuestMemoryAtomic<GuestMemoryMmap>,
     pub neg: Negotiated,

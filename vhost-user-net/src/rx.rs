@@ -65,6 +65,16 @@ struct Dry {
 // across calls.
 unsafe impl Send for RxState {}
 
+// The bounce buffer (64 KiB) and the scratch iovecs are left out.
+impl std::fmt::Debug for RxState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RxState")
+            .field("pending_len", &self.pending.as_ref().map(Vec::len))
+            .field("dry", &self.dry)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for RxState {
     fn default() -> Self {
         Self {
@@ -173,7 +183,9 @@ pub fn process(
             libc::readv(
                 tap.as_raw_fd(),
                 st.guest.as_ptr(),
-                st.guest.len() as libc::c_int,
+                // At most MAX_SEGMENTS + 1; a count past c_int would fail
+                // readv with EINVAL, the tap-error path below.
+                libc::c_int::try_from(st.guest.len()).unwrap_or(libc::c_int::MAX),
             )
         };
         st.guest.pop();
@@ -190,16 +202,18 @@ pub fn process(
                 }
             }
         }
-        let n = n as usize;
-        if n < neg.hdr_len {
+        // n >= 0 here: the error case left the loop above. A TAP frame is
+        // at most 64 KiB and a header: one past a u32 is a TAP error too.
+        let n = n.unsigned_abs();
+        let Some(len) = u32::try_from(n).ok().filter(|_| n >= neg.hdr_len) else {
             q.go_to_previous_position();
             counters.drop(Drop::TapError);
             continue;
-        }
+        };
         frames += 1;
         if n <= cap {
             set_num_buffers(&st.guest, neg, 1);
-            q.add_used(mem, head, n as u32)?;
+            q.add_used(mem, head, len)?;
             used = true;
             counters.frame(n - neg.hdr_len);
             continue;
@@ -413,7 +427,9 @@ fn complete(
     let count = u16::try_from(lens.len()).unwrap_or(u16::MAX);
     set_num_buffers(&taken[0].iovs, neg, count);
     for (t, &len) in taken.iter().zip(lens) {
-        q.add_used(mem, t.head, len as u32)?;
+        // Cannot saturate: each part is a piece of one frame, whose length
+        // was checked to fit a u32 in `process`.
+        q.add_used(mem, t.head, u32::try_from(len).unwrap_or(u32::MAX))?;
     }
     // Chains popped past the frame's last buffer (none in practice: we stop
     // as soon as the frame fits) are not published here.
@@ -493,7 +509,7 @@ mod tests {
             Ok(RxOutcome::NoBuffers),
             "delivered, then the ring is empty"
         );
-        let n = sent.len() as u32;
+        let n = u32::try_from(sent.len()).unwrap();
         assert_eq!(
             used(&mem, &mock),
             vec![(u32::from(bad), 0), (u32::from(good), n)]
@@ -603,7 +619,7 @@ mod tests {
         let entries = used(&mem, &mock);
         assert_eq!(
             entries,
-            vec![(0, small.len() as u32)],
+            vec![(0, u32::try_from(small.len()).unwrap())],
             "the chain took the next frame"
         );
         assert_eq!(delivered(&mem, &entries), as_delivered(&small, 1));

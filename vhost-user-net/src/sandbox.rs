@@ -39,7 +39,7 @@ mod tests {
             let rcs = unsafe {
                 [
                     libc::ioctl(-1, TUNSETVNETHDRSZ, std::ptr::null::<i32>()),
-                    libc::pwrite(-1, std::ptr::null(), 0, 0) as i32,
+                    i32::try_from(libc::pwrite(-1, std::ptr::null(), 0, 0)).unwrap_or(0),
                 ]
             };
             if rcs == [-1; 2] { 7 } else { 1 }

@@ -35,6 +35,7 @@ pub enum ServeError {
 }
 
 /// The long-lived part of the device: TAP queues and counters.
+#[derive(Debug)]
 pub struct Device {
     pub taps: Vec<Arc<TapQueue>>,
     pub counters: Vec<Arc<PairCounters>>,

@@ -73,7 +73,7 @@ fn ifreq_for(name: &str) -> libc::ifreq {
         .iter_mut()
         .zip(name.bytes().take(libc::IFNAMSIZ - 1))
     {
-        *dst = src as libc::c_char;
+        *dst = libc::c_char::from_ne_bytes([src]);
     }
     req
 }
@@ -241,7 +241,7 @@ fn inet_socket(name: &str) -> Result<OwnedFd, TapError> {
 
 fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("AF_INET is 2"),
         sin_port: 0,
         sin_addr: libc::in_addr {
             s_addr: u32::from(addr).to_be(),
@@ -324,7 +324,7 @@ pub fn set_mac(name: &str, mac: [u8; 6]) -> Result<(), TapError> {
         sa_data: [0; 14],
     };
     for (d, s) in sa.sa_data.iter_mut().zip(mac) {
-        *d = s as libc::c_char;
+        *d = libc::c_char::from_ne_bytes([s]);
     }
     req.ifr_ifru.ifru_hwaddr = sa;
     if_ioctl(&sock, name, "set mac", libc::SIOCSIFHWADDR as _, &mut req)
@@ -337,7 +337,7 @@ pub fn set_up(name: &str) -> Result<(), TapError> {
     if_ioctl(&sock, name, "get flags", libc::SIOCGIFFLAGS as _, &mut req)?;
     // SAFETY: SIOCGIFFLAGS filled the flags member.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
-    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    req.ifr_ifru.ifru_flags = flags | libc::c_short::try_from(libc::IFF_UP).expect("IFF_UP is 1");
     if_ioctl(&sock, name, "set flags", libc::SIOCSIFFLAGS as _, &mut req)
 }
 

@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_devices::narrow::u16_of;
 use virtio_queue::Queue;
 use virtio_queue::desc::{RawDescriptor, split::Descriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -64,7 +65,11 @@ pub fn post(
     bufs: &[(u64, u32)],
     writable: bool,
 ) -> u16 {
-    let write = if writable { VRING_DESC_F_WRITE } else { 0 } as u16;
+    let write = if writable {
+        u16_of(VRING_DESC_F_WRITE)
+    } else {
+        0
+    };
     let last = bufs.len() - 1;
     let descs: Vec<RawDescriptor> = bufs
         .iter()
@@ -73,7 +78,10 @@ pub fn post(
             let (next_flag, next) = if i == last {
                 (0, 0)
             } else {
-                (VRING_DESC_F_NEXT as u16, first + i as u16 + 1)
+                (
+                    u16_of(VRING_DESC_F_NEXT),
+                    first + u16::try_from(i).unwrap() + 1,
+                )
             };
             Descriptor::new(addr, len, write | next_flag, next).into()
         })
@@ -130,7 +138,7 @@ pub fn send(fd: &OwnedFd, bytes: &[u8]) -> bool {
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "send: {e}");
         return false;
     }
-    assert_eq!(n as usize, bytes.len());
+    assert_eq!(usize::try_from(n).unwrap(), bytes.len());
     true
 }
 
@@ -144,11 +152,13 @@ pub fn recv(fd: &OwnedFd) -> Option<Vec<u8>> {
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "recv: {e}");
         return None;
     }
-    buf.truncate(n as usize);
+    buf.truncate(usize::try_from(n).unwrap());
     Some(buf)
 }
 
 /// A test frame of `len` bytes (bytes counting up from `seed`).
 pub fn frame(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| seed.wrapping_add(i as u8)).collect()
+    (0..len)
+        .map(|i| seed.wrapping_add(i.to_le_bytes()[0]))
+        .collect()
 }

@@ -66,7 +66,8 @@ fn one_small_rx_buffer_and_a_large_frame_leave_the_worker_idle() {
     assert_eq!(base, 0, "the small buffer was given back, not used");
 
     // Start the ring again where it stopped, then post enough buffers.
-    g.fe.set_vring_base(0, base as u16).unwrap();
+    g.fe.set_vring_base(0, u16::try_from(base).unwrap())
+        .unwrap();
     g.fe.set_vring_call(0, &g.calls[0]).unwrap();
     g.fe.set_vring_kick(0, &g.kicks[0]).unwrap();
     let big = g.post_rx(BUF_BASE + 0x1000, 2, 2048);
@@ -79,7 +80,10 @@ fn one_small_rx_buffer_and_a_large_frame_leave_the_worker_idle() {
         "the small buffer first"
     );
     let rest = total - SMALL as usize;
-    assert_eq!(second, Some((u32::from(big[0].0), rest as u32)));
+    assert_eq!(
+        second,
+        Some((u32::from(big[0].0), u32::try_from(rest).unwrap()))
+    );
     let head = g.read(small[0].1, SMALL as usize);
     assert_eq!(u16::from_le_bytes([head[10], head[11]]), 2, "num_buffers");
     let mut got = head[HDR..].to_vec();

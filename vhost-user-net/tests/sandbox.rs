@@ -69,8 +69,9 @@ fn run_sandboxed(tap: &str, extra: &[&str], euid: &str) {
     assert_eq!(uid_of(pid), euid);
     assert!(relay_dir(), "relay socket directory missing");
     assert_ne!(features(&sock) & (1 << 32), 0, "VERSION_1 offered");
+    let pid = i32::try_from(pid).unwrap();
     // SAFETY: SIGTERM to our own child.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(!relay_dir(), "relay socket directory left behind");

@@ -21,7 +21,7 @@ const T: Duration = Duration::from_secs(5);
 fn tcp4_frame(len: usize) -> Vec<u8> {
     let mut f = eth_header(0x0800);
     f.extend(ipv4_tcp_header(
-        (len - 14) as u16,
+        u16::try_from(len - 14).unwrap(),
         [10, 0, 0, 1],
         [10, 0, 0, 2],
     ));
@@ -31,7 +31,7 @@ fn tcp4_frame(len: usize) -> Vec<u8> {
     ];
     f.extend_from_slice(&tcp);
     while f.len() < len {
-        f.push((f.len() % 251) as u8);
+        f.push(u8::try_from(f.len() % 251).unwrap());
     }
     f
 }
@@ -103,7 +103,10 @@ fn rx_mrg_spreads_a_frame_over_buffers() {
         got.extend_from_slice(&g.read(at, len as usize));
         entries.push(len);
     }
-    assert_eq!(entries, vec![512, 512, (total - 1024) as u32]);
+    assert_eq!(
+        entries,
+        vec![512, 512, u32::try_from(total - 1024).unwrap()]
+    );
     assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3, "num_buffers");
     assert_eq!(&got[12..], &f[..]);
 }
@@ -217,7 +220,8 @@ fn second_queue_pair_transmits_on_its_own_tap_queue() {
     let at = BUF_BASE;
     vm_memory::Bytes::write_slice(&mem, &hdr, vm_memory::GuestAddress(at)).unwrap();
     vm_memory::Bytes::write_slice(&mem, &f, vm_memory::GuestAddress(at + 12)).unwrap();
-    tx1.add(&mem, &[(at, 12, false), (at + 12, f.len() as u32, false)]);
+    let len = u32::try_from(f.len()).unwrap();
+    tx1.add(&mem, &[(at, 12, false), (at + 12, len, false)]);
     g.kicks[3].write(1).unwrap();
     let (_, tx1) = &mut g.more[0];
     assert!(tx1.wait_used(&mem, T).is_some());

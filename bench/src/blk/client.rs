@@ -24,6 +24,10 @@ pub enum ClientError {
     Panic,
     #[error("device too small: {0} bytes")]
     TooSmall(u64),
+    #[error("{0} queues: more than libblkio takes")]
+    Queues(usize),
+    #[error("memory region alignment of {0} bytes")]
+    Alignment(u64),
 }
 
 fn bk(step: &'static str) -> impl Fn(blkio::Error) -> ClientError {
@@ -78,8 +82,8 @@ pub fn run(
     b.set_str("path", &socket.to_string_lossy())
         .map_err(bk("path"))?;
     b.connect().map_err(bk("connect"))?;
-    b.set_i32("num-queues", w.queues as i32)
-        .map_err(bk("num-queues"))?;
+    let queues = i32::try_from(w.queues).map_err(|_| ClientError::Queues(w.queues))?;
+    b.set_i32("num-queues", queues).map_err(bk("num-queues"))?;
     let capacity = b.get_u64("capacity").map_err(bk("capacity"))?;
     let blocks = capacity / w.block as u64;
     if blocks < 16 {
@@ -88,7 +92,8 @@ pub fn run(
     let align = b
         .get_u64("mem-region-alignment")
         .map_err(bk("alignment"))?
-        .max(4096) as usize;
+        .max(4096);
+    let align = usize::try_from(align).map_err(|_| ClientError::Alignment(align))?;
     let started = b.start().map_err(bk("start"))?;
     let per_queue = w.qd * w.block;
     let len = (per_queue * w.queues).div_ceil(align) * align;

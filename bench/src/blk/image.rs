@@ -29,7 +29,8 @@ pub fn ensure(path: &Path, bytes: u64) -> Result<(), ImageError> {
             x ^= x << 17;
             w.copy_from_slice(&x.to_le_bytes());
         }
-        let n = left.min(chunk.len() as u64) as usize;
+        // A `left` too big for usize is more than a chunk.
+        let n = usize::try_from(left).map_or(chunk.len(), |l| l.min(chunk.len()));
         f.write_all(&chunk[..n]).map_err(err)?;
         left -= n as u64;
     }

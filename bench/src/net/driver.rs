@@ -50,7 +50,7 @@ const RING_BASE: u64 = 0x1_0000;
 const TX_BUF: u64 = 0x10_0000;
 /// RX buffers, 2 KiB each.
 const RX_BUF: u64 = 0x20_0000;
-const RX_SLOT: u64 = 2048;
+const RX_SLOT: u32 = 2048;
 
 /// A split ring driven by us.
 struct Ring {
@@ -230,7 +230,7 @@ impl Guest {
     pub fn rx_loop(&mut self, stop: &AtomicBool) -> Result<u64, DriverError> {
         for i in 0..u64::from(QSIZE) {
             self.rx
-                .add(&self.mem, RX_BUF + i * RX_SLOT, RX_SLOT as u32, true)?;
+                .add(&self.mem, RX_BUF + i * u64::from(RX_SLOT), RX_SLOT, true)?;
         }
         self.kick(0);
         let mut got = 0u64;
@@ -239,7 +239,7 @@ impl Guest {
             let n = self.rx.reap(&self.mem)?;
             for _ in 0..n {
                 self.rx
-                    .add(&self.mem, RX_BUF + next * RX_SLOT, RX_SLOT as u32, true)?;
+                    .add(&self.mem, RX_BUF + next * u64::from(RX_SLOT), RX_SLOT, true)?;
                 next = (next + 1) % u64::from(QSIZE);
             }
             if n > 0 {

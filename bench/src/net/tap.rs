@@ -63,7 +63,8 @@ pub fn open_tap(name: &str) -> Result<OwnedFd, TapError> {
     // SAFETY: open just returned this fd; we own it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut r = ifreq(name)?;
-    r.flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    r.flags = libc::c_short::try_from(libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR)
+        .expect("TUN flags fit the ifreq's short");
     // SAFETY: TUNSETIFF reads and writes one ifreq we own.
     if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut r) } != 0 {
         return Err(os("TUNSETIFF"));
@@ -91,7 +92,7 @@ pub fn set_up(name: &str) -> Result<(), TapError> {
     if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut r) } != 0 {
         return Err(os("SIOCGIFFLAGS"));
     }
-    r.flags |= libc::IFF_UP as libc::c_short;
+    r.flags |= libc::c_short::try_from(libc::IFF_UP).expect("IFF_UP is 1");
     // SAFETY: SIOCSIFFLAGS reads our ifreq.
     if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &r) } != 0 {
         return Err(os("SIOCSIFFLAGS"));

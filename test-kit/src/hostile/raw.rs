@@ -48,7 +48,9 @@ impl Raw {
     /// already hung up) are returned. A header that lies about the size:
     /// [`write_message`] on `self.s`.
     pub fn send(&mut self, req: u32, flags: u32, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
-        write_message(&mut self.s, req, flags, payload.len() as u32, payload, fds)
+        let size = u32::try_from(payload.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        write_message(&mut self.s, req, flags, size, payload, fds)
     }
 
     /// The next reply (request, payload), or None if the daemon hung up or

@@ -130,6 +130,7 @@ pub trait BlockEngine {
 // One per queue, built once and never moved on the request path: the raw
 // engine is kept inline rather than behind another pointer.
 #[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
 pub enum Engine {
     /// Raw file or block device (io_uring).
     Raw(raw::RawEngine),
@@ -140,6 +141,7 @@ pub enum Engine {
 }
 
 /// What every engine is built from.
+#[derive(Debug)]
 pub struct EngineParams {
     /// Queue index (logs).
     pub queue: usize,

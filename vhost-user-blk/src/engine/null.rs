@@ -11,6 +11,7 @@ use virtio_devices::block::RequestKind;
 use super::{BlockEngine, Completion, Engine, EngineError, Mem, Reaped, Submitted};
 
 /// The null engine in front of the image's engine.
+#[derive(Debug)]
 pub struct NullEngine {
     inner: Engine,
 }

@@ -30,6 +30,7 @@ pub enum Qcow2Error {
 
 /// One queue's qcow2 engine (the driver and its lock are the disk's,
 /// shared by every queue).
+#[derive(Debug)]
 pub struct Qcow2Engine {
     disk: Arc<Disk>,
     writeback: Arc<AtomicBool>,

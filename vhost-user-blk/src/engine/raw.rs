@@ -17,6 +17,7 @@ use super::{BlockEngine, Completion, EngineError, EngineParams, Mem, Reaped, Sub
 use crate::disk::Disk;
 
 /// A request the kernel owns until its CQE arrives.
+#[derive(Debug)]
 struct InFlight {
     token: u64,
     class: Class,
@@ -38,6 +39,7 @@ struct InFlight {
 unsafe impl Send for InFlight {}
 
 /// One queue's raw-image engine.
+#[derive(Debug)]
 pub struct RawEngine {
     queue: usize,
     /// Keeps the image (and the fd the ring and `inline` use) open.
@@ -100,7 +102,7 @@ impl RawEngine {
             fill.writing = true;
         } else {
             let wanted = fill.chunk().map_or(0, |(_, n)| n);
-            if result < 0 || result as u64 != wanted {
+            if u64::try_from(result).ok() != Some(wanted) {
                 return Err((entry, result.min(-libc::EIO)));
             }
             fill.advance(wanted);

@@ -111,7 +111,7 @@ impl InlineIo {
             // A short transfer (page cache only partly populated) is redone
             // whole by the ring; re-reading or re-writing the same bytes is
             // harmless.
-            return (n as u64 == expected).then_some(n as i64);
+            return (u64::try_from(n).ok() == Some(expected)).then_some(n as i64);
         }
         let err = std::io::Error::last_os_error()
             .raw_os_error()

@@ -178,7 +178,7 @@ pub fn prepare(mem: &Mem, kind: &RequestKind, target: Target<'_>) -> Option<Prep
 /// Status of a read/write/fallocate/fsync result (`-errno` or bytes).
 pub fn result_status(class: Class, expected: u64, result: i64) -> BlockStatus {
     match class {
-        Class::Read | Class::Write if result >= 0 && result as u64 != expected => {
+        Class::Read | Class::Write if u64::try_from(result).is_ok_and(|r| r != expected) => {
             BlockStatus::IoErr
         }
         // Discard is advisory: a filesystem without hole punching is fine.

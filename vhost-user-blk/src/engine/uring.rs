@@ -30,6 +30,9 @@ pub enum UringError {
     /// io_uring_enter failed.
     #[error("io_uring submit failed")]
     Submit(#[source] std::io::Error),
+    /// More iovecs than one io_uring request takes (validation prevents it).
+    #[error("{0} iovecs in one request")]
+    TooManyIovecs(usize),
 }
 
 /// One disk operation, described by raw pointers into guest memory.
@@ -80,6 +83,17 @@ pub struct UringEngine {
     fd: RawFd,
 }
 
+impl std::fmt::Debug for UringEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // io_uring's IoUring has no Debug: show what identifies the ring.
+        f.debug_struct("UringEngine")
+            .field("sq_entries", &self.ring.params().sq_entries())
+            .field("eventfd", &self.eventfd.as_raw_fd())
+            .field("fd", &self.fd)
+            .finish_non_exhaustive()
+    }
+}
+
 impl UringEngine {
     /// Ring for `entries` requests in flight against `fd`.
     pub fn new(fd: RawFd, entries: u32) -> Result<Self, UringError> {
@@ -107,12 +121,16 @@ impl UringEngine {
         let entry: squeue::Entry = match *op {
             UringOp::Readv { iov, offset } => {
                 // Validation caps a request well under u32::MAX iovecs.
-                opcode::Readv::new(fd, iov.as_ptr(), iov.len() as u32)
+                let n =
+                    u32::try_from(iov.len()).map_err(|_| UringError::TooManyIovecs(iov.len()))?;
+                opcode::Readv::new(fd, iov.as_ptr(), n)
                     .offset(offset)
                     .build()
             }
             UringOp::Writev { iov, offset, dsync } => {
-                opcode::Writev::new(fd, iov.as_ptr(), iov.len() as u32)
+                let n =
+                    u32::try_from(iov.len()).map_err(|_| UringError::TooManyIovecs(iov.len()))?;
+                opcode::Writev::new(fd, iov.as_ptr(), n)
                     .offset(offset)
                     .rw_flags(if dsync { libc::RWF_DSYNC } else { 0 })
                     .build()

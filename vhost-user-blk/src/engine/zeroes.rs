@@ -11,7 +11,8 @@
 use std::sync::OnceLock;
 
 /// Largest write of zeroes one SQE carries.
-pub const CHUNK: u64 = 1 << 20;
+pub const CHUNK: u64 = CHUNK_BYTES as u64;
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// The zero buffer could not be mapped.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +33,7 @@ fn buffer() -> Result<usize, ZeroesError> {
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            CHUNK as usize,
+            CHUNK_BYTES,
             libc::PROT_READ,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
@@ -47,7 +48,7 @@ fn buffer() -> Result<usize, ZeroesError> {
     if kept != mine {
         // Another thread won the race: ours was never shared.
         // SAFETY: unmaps the mapping made above, which nothing else knows.
-        unsafe { libc::munmap(p, CHUNK as usize) };
+        unsafe { libc::munmap(p, CHUNK_BYTES) };
     }
     Ok(kept)
 }
@@ -127,7 +128,7 @@ mod tests {
         let a = iovec(CHUNK).unwrap();
         let b = iovec(2 * CHUNK).unwrap();
         assert_eq!(a.iov_base, b.iov_base);
-        assert_eq!(b.iov_len, CHUNK as usize);
+        assert_eq!(b.iov_len, CHUNK_BYTES);
         // SAFETY: the buffer is CHUNK readable bytes, mapped for good.
         let bytes = unsafe { std::slice::from_raw_parts(a.iov_base as *const u8, a.iov_len) };
         assert!(bytes.iter().all(|&b| b == 0));

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use virtio_devices::block::RequestKind;
+use virtio_devices::block::{RequestKind, Segment};
 use vm_memory::GuestAddress;
 
 use super::Mem;
@@ -27,16 +27,30 @@ impl Transfer {
     }
 }
 
+/// The device-writable data segments of `kind`, taken out of it: what the
+/// request may write into guest memory (a read's buffers; GET_ID's).
+pub fn take_written(kind: &mut RequestKind) -> Vec<Segment> {
+    match kind {
+        RequestKind::Read { data, .. } | RequestKind::GetId { data, .. } => std::mem::take(data),
+        _ => Vec::new(),
+    }
+}
+
 /// A request the engine has queued, until it is reaped.
+#[derive(Debug)]
 pub struct Pending {
     pub head: u16,
     pub status_addr: GuestAddress,
     /// The memory table it started with: its completion goes there.
     pub mem: Arc<Mem>,
     pub transfer: Transfer,
+    /// A read's buffers (moved out of the request, not copied), marked in
+    /// the dirty log at completion; empty for everything else.
+    pub written: Vec<Segment>,
 }
 
 /// In-flight requests by head (the engine's token).
+#[derive(Debug)]
 pub struct PendingTable {
     entries: Vec<Option<Pending>>,
     count: usize,

@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use vhost_user_daemon::dirty_log::DirtyLog;
 use vhost_user_daemon::inflight::SharedRegion;
 use virtio_devices::block::{ID_BYTES, RequestLimits};
 
 /// Device-wide settings a worker needs.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct WorkerSettings {
     /// Validation limits.
     pub limits: RequestLimits,
@@ -24,4 +25,7 @@ pub struct WorkerSettings {
     /// The connection's in-flight region (INFLIGHT_SHMFD), if the frontend
     /// negotiated one; read at every ring start.
     pub inflight: SharedRegion,
+    /// The connection's dirty-page log (live migration): every guest page
+    /// the worker writes is marked while the frontend has logging on.
+    pub log: DirtyLog,
 }

@@ -16,6 +16,8 @@ pub enum Triage {
         status: BlockStatus,
         /// Data bytes written to the guest.
         len: u64,
+        /// The segments written (GET_ID's), for the dirty log.
+        written: Vec<Segment>,
     },
     /// No status byte: return it with nothing used, counted as dropped.
     Drop { head: u16 },
@@ -26,12 +28,13 @@ pub enum Triage {
 /// Sort `outcome` for queue `queue`; GET_ID's answer is written here.
 pub fn triage(outcome: ParseOutcome, mem: &Mem, serial: &[u8; ID_BYTES], queue: usize) -> Triage {
     match outcome {
-        ParseOutcome::Valid(req) => match &req.kind {
+        ParseOutcome::Valid(req) => match req.kind {
             RequestKind::GetId { data, .. } => Triage::Finish {
                 head: req.head,
                 status_addr: req.status_addr,
                 status: BlockStatus::Ok,
-                len: write_id(mem, data, serial),
+                len: write_id(mem, &data, serial),
+                written: data,
             },
             _ => Triage::Submit(req),
         },
@@ -46,6 +49,7 @@ pub fn triage(outcome: ParseOutcome, mem: &Mem, serial: &[u8; ID_BYTES], queue: 
                 status_addr,
                 status: error.status().unwrap_or(BlockStatus::IoErr),
                 len: 0,
+                written: Vec::new(),
             }
         }
         ParseOutcome::Dropped { head, error } => {

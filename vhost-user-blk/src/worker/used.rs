@@ -1,41 +1,62 @@
-//! Returning a chain: the status byte, the request counters, the used
-//! entry, and the in-flight region's marks around it (crash-safe restart).
+//! Returning a chain: the status byte, the request counters, the dirty-log
+//! marks (live migration, [`super::dirty`]), the used entry, and the
+//! in-flight region's marks around it (crash-safe restart).
 
 use vhost_user_backend::VringT;
-use virtio_devices::block::BlockStatus;
+use vhost_user_daemon::dirty_log::LogRegion;
+use virtio_devices::block::{BlockStatus, Segment};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{Mem, QueueWorker, Vring};
+use super::{Mem, QueueWorker, Vring, dirty};
 use crate::counters::QueueCounters;
 
+/// A request the worker returns to the guest.
+pub(super) struct Finished<'a> {
+    pub head: u16,
+    pub status_addr: GuestAddress,
+    pub status: BlockStatus,
+    /// Data bytes written to the guest (the used length minus the status byte).
+    pub len: u64,
+    /// The device-writable data segments (a read's buffers, GET_ID's),
+    /// marked in the dirty log while logging is on.
+    pub written: &'a [Segment],
+}
+
 impl QueueWorker {
-    /// Write the status byte and return the chain with `data_len` + 1 bytes used.
-    pub(super) fn finish(
-        &mut self,
-        vring: &Vring,
-        mem: &Mem,
-        head: u16,
-        status_addr: GuestAddress,
-        status: BlockStatus,
-        data_len: u64,
-    ) {
+    /// Write the status byte and return the chain with `len` + 1 bytes used.
+    pub(super) fn finish(&mut self, vring: &Vring, mem: &Mem, f: Finished<'_>) {
+        let head = f.head;
         QueueCounters::bump(&self.counters().requests);
-        if status != BlockStatus::Ok {
+        if f.status != BlockStatus::Ok {
             QueueCounters::bump(&self.counters().errors);
         }
-        if let Err(e) = mem.write_obj(status.as_byte(), status_addr) {
+        if let Err(e) = mem.write_obj(f.status.as_byte(), f.status_addr) {
             log::warn!(
                 "status_write_failed queue={} head={head} error=\"{e}\"",
                 self.index
             );
         }
+        // One atomic load with logging off. Data and status are written by
+        // now: marked before the used entry publishes them.
+        let log = self.settings.log.active();
+        if let Some(log) = &log {
+            dirty::mark_request(log, f.written, f.status_addr);
+        }
         // Validation caps data at 1 GiB, so the length fits a u32.
-        let used = u32::try_from(data_len.saturating_add(1)).unwrap_or(u32::MAX);
-        self.add_used(vring, mem, head, used);
+        let used = u32::try_from(f.len.saturating_add(1)).unwrap_or(u32::MAX);
+        self.add_used(vring, mem, head, used, log.as_deref());
     }
 
-    pub(super) fn add_used(&mut self, vring: &Vring, mem: &Mem, head: u16, len: u32) {
+    /// Publish `head` in the used ring; with `log`, mark the ring after.
+    pub(super) fn add_used(
+        &mut self,
+        vring: &Vring,
+        mem: &Mem,
+        head: u16,
+        len: u32,
+        log: Option<&LogRegion>,
+    ) {
         if let Some(tracker) = &self.tracker {
             tracker.pre_put(head);
         }
@@ -45,6 +66,9 @@ impl QueueWorker {
             drop(state);
             self.mark_broken(vring, &format!("add_used: {e}"));
             return;
+        }
+        if let Some(log) = log {
+            dirty::mark_used_ring(log, queue);
         }
         if let Some(tracker) = &self.tracker {
             tracker.post_put(head, queue.next_used());

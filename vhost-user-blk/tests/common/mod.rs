@@ -5,6 +5,7 @@
 // Each test binary uses a part of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod dirty;
 pub mod slow_disk;
 
 use std::path::{Path, PathBuf};
@@ -85,7 +86,7 @@ impl Daemon {
 
     pub fn signal(&self, sig: i32) {
         // SAFETY: plain kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        let rc = unsafe { libc::kill(libc::pid_t::try_from(self.child.id()).expect("pid"), sig) };
         assert_eq!(rc, 0);
     }
 

@@ -44,6 +44,7 @@ pub const PROTOCOL_F_LOG_SHMFD: u64 = 1 << 1;
 const REGION_LEN: usize = 32;
 
 /// Wraps a daemon's relay filter with dirty-log handling.
+#[derive(Debug)]
 pub struct Logging<F: Filter> {
     inner: F,
     log: DirtyLog,

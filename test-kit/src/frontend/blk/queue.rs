@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::{DATA_BASE, DATA_PER_QUEUE, RING_BASE, VIRTIO_BLK_T_OUT};
 
 /// The driver side of one split virtqueue in guest memory.
+#[derive(Debug)]
 pub struct TestQueue {
     pub mem: GuestMemoryMmap,
     pub index: usize,
@@ -52,7 +53,8 @@ impl TestQueue {
     pub fn add_chain(&mut self, descs: &[(u64, u32, bool)]) -> u16 {
         let head = self.next_desc;
         for (i, &(addr, len, write)) in descs.iter().enumerate() {
-            let idx = (self.next_desc + i as u16) % self.size;
+            let off = u16::try_from(i).expect("a chain has fewer than 65536 descriptors");
+            let idx = (self.next_desc + off) % self.size;
             let last = i + 1 == descs.len();
             let mut flags = 0u16;
             if write {
@@ -67,7 +69,8 @@ impl TestQueue {
                 Descriptor::new(addr, len, flags, if last { 0 } else { next }),
             );
         }
-        self.next_desc = (self.next_desc + descs.len() as u16) % self.size;
+        let n = u16::try_from(descs.len()).expect("a chain has fewer than 65536 descriptors");
+        self.next_desc = (self.next_desc + n) % self.size;
         head
     }
 
@@ -114,8 +117,9 @@ impl TestQueue {
             events: libc::POLLIN,
             revents: 0,
         };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
         if rc > 0 {
             let _ = self.call.read();
             true

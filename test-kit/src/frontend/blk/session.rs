@@ -20,6 +20,18 @@ pub struct Session {
     pub protocol: VhostUserProtocolFeatures,
 }
 
+// vhost's Frontend has no Debug: everything but the connection.
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("mem", &self.mem)
+            .field("queues", &self.queues)
+            .field("features", &self.features)
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Connect and negotiate; `want` masks the virtio features we ack.
 pub fn connect(socket: &Path, num_queues: usize, queue_size: u16, want: u64) -> Session {
     connect_with(socket, num_queues, queue_size, want, false)

@@ -25,6 +25,21 @@ pub struct Guest {
     pub more: Vec<(Ring, Ring)>,
 }
 
+// vhost's Frontend has no Debug: everything but the connection.
+impl std::fmt::Debug for Guest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guest")
+            .field("mem", &self.mem)
+            .field("rx", &self.rx)
+            .field("tx", &self.tx)
+            .field("kicks", &self.kicks)
+            .field("calls", &self.calls)
+            .field("features", &self.features)
+            .field("more", &self.more)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Guest {
     /// Handshake on `socket` (a path, or a daemon handle that names
     /// one) as QEMU does it, acking `features` (PROTOCOL_FEATURES is
@@ -114,7 +129,8 @@ impl Guest {
         let mut at = gpa;
         for p in parts {
             self.mem.write_slice(p, GuestAddress(at)).unwrap();
-            bufs.push((at, p.len() as u32, false));
+            let len = u32::try_from(p.len()).expect("a part fits one descriptor");
+            bufs.push((at, len, false));
             at += p.len() as u64;
         }
         let head = self.tx.add(&self.mem, &bufs);

@@ -11,6 +11,7 @@ const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 
 /// A split ring the test drives as the driver.
+#[derive(Debug)]
 pub struct Ring {
     pub desc: u64,
     pub avail: u64,
