@@ -11,6 +11,9 @@
 //! - [`console`]: the result protocol guests speak on their serial console;
 //! - [`qemu`]: running a QEMU process with a deadline;
 //! - [`qmp`]: a QMP client for migrations (`migrate`, `query-migrate`);
+//! - [`vm`]: a QEMU process left running (console, stdin, QMP), for migrations;
+//! - [`migload`]: the live-migration workload (guest programs, host checks);
+//! - [`rarp`]: watching a TAP for a MAC's RARP announcement and first frames;
 //! - [`host_a`]: test host A, a TCG guest with vhost-user devices;
 //! - [`host_b`]: test host B, a nested KVM host with an IOMMU, an SR-IOV NIC
 //!   and an NVMe controller;
@@ -28,12 +31,15 @@ pub mod hugepages;
 pub mod initramfs;
 pub mod kernel;
 pub mod l2;
+pub mod migload;
 pub mod modules;
 pub mod netns;
 pub mod provision;
 pub mod qemu;
 pub mod qmp;
+pub mod rarp;
 pub mod restart_load;
 pub mod selftest;
 pub mod shell;
+pub mod vm;
 pub mod wire;

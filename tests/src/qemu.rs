@@ -58,7 +58,7 @@ fn verbose() -> bool {
     std::env::var_os("VIADUCT_VERBOSE").is_some_and(|v| v != "0")
 }
 
-fn pump<R: Read + Send + 'static>(
+pub(crate) fn pump<R: Read + Send + 'static>(
     src: R,
     sink: Arc<Mutex<String>>,
     echo: bool,
