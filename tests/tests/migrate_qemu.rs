@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use guest_kit::binaries::project_binary;
 use guest_kit::cache::{Cache, Scratch};
 use guest_kit::console::Console;
 use guest_kit::daemon::Daemon;
@@ -55,6 +56,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Who serves the guest's disk and NIC.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Backends {
+    /// vhost-user-blk and vhost-user-net; `never_mark` starts the source
+    /// daemons with the negative control switch.
+    Ours { never_mark: bool },
     /// qemu-storage-daemon's vhost-user-blk export and QEMU's TAP netdev.
     Qsd,
 }
@@ -180,6 +184,40 @@ fn start_side(env: &Env, backends: Backends, dest: bool) -> Side {
     let blk_sock = env.work.join(format!("{side}-blk.sock"));
     let log = |n: &str| env.work.join(format!("{side}-{n}.log"));
     match backends {
+        Backends::Ours { never_mark } => {
+            let never = never_mark && !dest;
+            let mut blk =
+                Command::new(project_binary("vhost-user-blk").expect("vhost-user-blk binary"));
+            blk.arg("--socket-path")
+                .arg(&blk_sock)
+                .arg("--blk-file")
+                .arg(&env.image);
+            let net_sock = env.work.join(format!("{side}-net.sock"));
+            let mut net = env
+                .ns
+                .command(project_binary("vhost-user-net").expect("vhost-user-net binary"));
+            net.arg("--socket-path")
+                .arg(&net_sock)
+                .args(["--tap", tap, "--mac", GUEST_MAC]);
+            if dest {
+                // The source daemon still holds the image's lock.
+                blk.arg("--incoming");
+            }
+            if never {
+                blk.arg("--test-never-mark-dirty");
+                net.arg("--test-never-mark-dirty");
+            }
+            let b = Daemon::start(blk, &blk_sock, &log("blk"))
+                .unwrap_or_else(|e| panic!("{side} vhost-user-blk did not start: {e}"));
+            let n = Daemon::start(net, &net_sock, &log("net"))
+                .unwrap_or_else(|e| panic!("{side} vhost-user-net did not start: {e}"));
+            Side {
+                daemons: vec![b, n],
+                blk_sock,
+                net_sock: Some(net_sock),
+                tap,
+            }
+        }
         Backends::Qsd => {
             let locking = if dest { ",locking=off" } else { "" };
             let mut qsd = Command::new("qemu-storage-daemon");
@@ -580,21 +618,83 @@ fn assert_clean(out: &Outcome, label: &str) {
     }
 }
 
-/// The calibration for the same run with our daemons (issue 15): the
-/// guest's disk from qemu-storage-daemon, its NIC on QEMU's own TAP
-/// backend; idle and busy, QEMU's figures and every check.
+/// What the daemons' logs say about dirty logging.
+fn dirty_log_lines(logs: &str) -> Vec<&str> {
+    logs.lines()
+        .filter(|l| l.contains("dirty") || l.contains("log_"))
+        .collect()
+}
+
+const OURS: Backends = Backends::Ours { never_mark: false };
+
+/// Our daemons, idle and busy, pre-copy; the same runs with
+/// qemu-storage-daemon and QEMU's TAP backend (QEMU's figures for
+/// comparison); the negative control; post-copy.
 #[test]
-fn qemu_migrates_a_busy_guest_served_by_qsd_and_qemu_tap() {
+fn qemu_migrates_a_busy_guest_served_by_our_daemons() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut figures = Vec::new();
-    for load in [Load::Idle, Load::Busy] {
-        let label = format!("qsd + QEMU tap, {load:?}");
-        let out = run(&format!("mig-qsd-{load:?}"), Backends::Qsd, load, false);
-        let f = out.figures(&label);
+    let mut report = |out: &Outcome, label: &str| {
+        let f = out.figures(label);
         eprintln!("{f}\n  counters at switch-over -> end: {}", out.counters);
+        for l in dirty_log_lines(&out.daemon_logs) {
+            eprintln!("  daemon: {l}");
+        }
         figures.push(f);
-        assert_clean(&out, &label);
-        eprintln!("  image: {:?} writer blocks verified", out.image);
+    };
+
+    for (backends, name) in [(OURS, "ours"), (Backends::Qsd, "qsd + QEMU tap")] {
+        let tag = if backends == OURS { "ours" } else { "qsd" };
+        let idle = run(&format!("mig-{tag}-idle"), backends, Load::Idle, false);
+        report(&idle, &format!("{name}, idle"));
+        assert_clean(&idle, &format!("{name}, idle"));
+        let busy = run(&format!("mig-{tag}-busy"), backends, Load::Busy, false);
+        report(&busy, &format!("{name}, busy"));
+        assert_clean(&busy, &format!("{name}, busy"));
+        eprintln!("  image: {:?} writer blocks verified", busy.image);
     }
+
+    // The negative control: the source daemons accept logging and never
+    // mark, so QEMU copies stale pages; the run must notice.
+    let never = run(
+        "mig-never",
+        Backends::Ours { never_mark: true },
+        Load::Busy,
+        false,
+    );
+    report(&never, "ours, source never marks (negative control)");
+    assert!(
+        never.migration_error.is_none(),
+        "the negative control did not migrate: {:?}",
+        never.migration_error
+    );
+    let detected = never.problems();
+    eprintln!("  negative control detected: {detected:?}");
+    assert!(
+        !detected.is_empty(),
+        "a source daemon that never marks went unnoticed: the test cannot fail"
+    );
+
+    // Post-copy: QEMU probes the destination's vhost-user backends when
+    // `postcopy-ram` is turned on there (its POSTCOPY_NOTIFY_PROBE) and
+    // refuses unless each offers PROTOCOL_F_PAGEFAULT; our daemons do not
+    // implement POSTCOPY_ADVISE/LISTEN/END (userfaultfd on guest memory),
+    // so QEMU refuses before anything moves and the guest stays put.
+    let post = run("mig-postcopy", OURS, Load::Busy, true);
+    report(&post, "ours, post-copy");
+    eprintln!("  post-copy: {:?}", post.migration_error);
+    assert!(
+        post.migration_error
+            .as_deref()
+            .is_some_and(|e| e.contains("vhost-user backend not capable of postcopy")),
+        "post-copy with our daemons: expected QEMU to refuse, got {:?}\n{}",
+        post.migration_error,
+        post.figures("post-copy")
+    );
+    assert!(
+        post.source_still_running,
+        "the guest stopped on the source after the refused post-copy"
+    );
+
     eprintln!("figures:\n  {}", figures.join("\n  "));
 }
