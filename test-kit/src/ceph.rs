@@ -46,6 +46,17 @@ pub enum CephError {
     Died(&'static str, PathBuf),
 }
 
+/// How clients authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// `auth ... required = none`: any client name is accepted.
+    None,
+    /// cephx, every key (mon., client.admin, osd.0, mgr.x) in one keyring
+    /// (DIR/keyring) that ceph.conf names: a wrong client name or key is
+    /// refused.
+    Cephx,
+}
+
 /// A running one-node cluster.
 #[derive(Debug)]
 pub struct Cluster {
@@ -81,8 +92,13 @@ impl Cluster {
         Ok(c)
     }
 
-    /// A new cluster in a scratch directory tagged `tag`.
+    /// A new cluster (no authentication) in a scratch directory tagged `tag`.
     pub fn start(tag: &str) -> Result<Cluster, CephError> {
+        Cluster::start_with(tag, Auth::None)
+    }
+
+    /// A new cluster with `auth` in a scratch directory tagged `tag`.
+    pub fn start_with(tag: &str, auth: Auth) -> Result<Cluster, CephError> {
         for bin in [
             "ceph-mon",
             "ceph-osd",
@@ -90,6 +106,7 @@ impl Cluster {
             "ceph",
             "rbd",
             "monmaptool",
+            "ceph-authtool",
         ] {
             if !in_path(bin) {
                 return Err(CephError::Missing(bin));
@@ -105,7 +122,7 @@ impl Cluster {
         let port = free_port_block(41).ok_or(CephError::Ports)?;
         let fsid = uuid()?;
         let conf = dir.join("ceph.conf");
-        let text = config(&dir, &fsid, port);
+        let text = config(&dir, &fsid, port, auth);
         std::fs::write(&conf, text).map_err(|e| CephError::Io(conf.clone(), e))?;
         let mut cluster = Cluster {
             dir,
@@ -116,6 +133,9 @@ impl Cluster {
             osd: Mutex::new(None),
             started_in: Duration::ZERO,
         };
+        if auth == Auth::Cephx {
+            cluster.keyring()?;
+        }
         cluster.bootstrap(&fsid)?;
         cluster.started_in = t0.elapsed();
         eprintln!(
@@ -126,16 +146,56 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// DIR/keyring with a key for every daemon and client.admin.
+    fn keyring(&self) -> Result<(), CephError> {
+        let keyring = self.dir.join("keyring");
+        let entities: [(&str, &[&str]); 4] = [
+            ("mon.", &["mon", "allow *"]),
+            (
+                "client.admin",
+                &["mon", "allow *", "osd", "allow *", "mgr", "allow *"],
+            ),
+            (
+                "osd.0",
+                &[
+                    "mon",
+                    "allow profile osd",
+                    "osd",
+                    "allow *",
+                    "mgr",
+                    "allow profile osd",
+                ],
+            ),
+            ("mgr.x", &["mon", "allow profile mgr", "osd", "allow *"]),
+        ];
+        for (i, (name, caps)) in entities.iter().enumerate() {
+            let mut cmd = Command::new("ceph-authtool");
+            if i == 0 {
+                cmd.arg("--create-keyring");
+            }
+            cmd.arg(&keyring).args(["--gen-key", "-n", name]);
+            for cap in caps.chunks(2) {
+                cmd.arg("--cap").args(cap);
+            }
+            run(&mut cmd)?;
+        }
+        Ok(())
+    }
+
     fn bootstrap(&mut self, fsid: &str) -> Result<(), CephError> {
         let monmap = self.dir.join("monmap");
         let addr = format!("[v2:127.0.0.1:{}]", self.mon_port);
         run(Command::new("monmaptool")
             .args(["--create", "--fsid", fsid, "--addv", "a", &addr])
             .arg(&monmap))?;
-        run(self
-            .cmd("ceph-mon")
-            .args(["--mkfs", "-i", "a", "--monmap"])
-            .arg(&monmap))?;
+        let mut mkfs = self.cmd("ceph-mon");
+        mkfs.args(["--mkfs", "-i", "a", "--monmap"]).arg(&monmap);
+        let keyring = self.dir.join("keyring");
+        if keyring.exists() {
+            // cephx: the monitor learns every key from it.
+            mkfs.arg("--keyring").arg(&keyring);
+        }
+        run(&mut mkfs)?;
         self.mon = Some(self.daemon("ceph-mon", &["-i", "a"])?);
         let osd_uuid = uuid()?;
         self.ceph(&["osd", "create", &osd_uuid, "0"])?;
@@ -343,8 +403,12 @@ fn free_port_block(n: u16) -> Option<u16> {
 
 /// ceph.conf for a cluster in `dir` whose monitor listens on `port`
 /// (msgr2 only), daemons binding in the ports after it.
-fn config(dir: &Path, fsid: &str, port: u16) -> String {
+fn config(dir: &Path, fsid: &str, port: u16, auth: Auth) -> String {
     let d = dir.display();
+    let (auth, keyring) = match auth {
+        Auth::None => ("none", "/dev/null".to_string()),
+        Auth::Cephx => ("cephx", format!("{d}/keyring")),
+    };
     format!(
         "[global]
 fsid = {fsid}
@@ -353,9 +417,9 @@ public addr = 127.0.0.1
 ms bind msgr1 = false
 ms bind port min = {min}
 ms bind port max = {max}
-auth cluster required = none
-auth service required = none
-auth client required = none
+auth cluster required = {auth}
+auth service required = {auth}
+auth client required = {auth}
 osd pool default size = 1
 osd pool default min size = 1
 mon allow pool size one = true
@@ -369,7 +433,7 @@ pid file = {d}/$name.pid
 mon data = {d}/$name
 osd data = {d}/$name
 mgr data = {d}/$name
-keyring = /dev/null
+keyring = {keyring}
 osd objectstore = bluestore
 bluestore block create = true
 bluestore block size = 2147483648
@@ -388,10 +452,13 @@ mod tests {
 
     #[test]
     fn config_names_loopback_and_the_port_block() {
-        let c = config(Path::new("/x"), "f", 20000);
+        let c = config(Path::new("/x"), "f", 20000, Auth::None);
         assert!(c.contains("mon host = v2:127.0.0.1:20000\n"));
         assert!(c.contains("ms bind port min = 20001\n"));
         assert!(c.contains("ms bind port max = 20040\n"));
         assert!(c.contains("auth client required = none\n"));
+        let c = config(Path::new("/x"), "f", 20000, Auth::Cephx);
+        assert!(c.contains("auth client required = cephx\n"));
+        assert!(c.contains("keyring = /x/keyring\n"));
     }
 }

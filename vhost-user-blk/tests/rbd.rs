@@ -18,7 +18,7 @@ use common::*;
 use vhost::vhost_user::Frontend;
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::vhost_user::message::VhostUserConfigFlags;
-use viaduct_test_kit::ceph::Cluster;
+use viaduct_test_kit::ceph::{Auth, Cluster};
 
 /// Pattern image size: two 4 MiB RADOS objects.
 const IMG: usize = 8 << 20;
@@ -243,7 +243,7 @@ fn bad_rbd_names_are_startup_errors_not_hangs() {
     .unwrap();
     refused(
         &format!("rbd:rbd/img:conf={}", conf.display()),
-        "cannot connect to the cluster's monitors",
+        "no monitor answered within 10 s",
         Duration::from_secs(25),
     );
 
@@ -326,5 +326,59 @@ fn osd_restart_under_load_loses_no_request() {
         "osd restart: {:.1} s to restart, {rounds} rounds of 16 writes, longest round {:.1} s, 0 failed",
         restart.as_secs_f64(),
         longest.as_secs_f64()
+    );
+}
+
+/// With cephx, the right client and key serve; a client the cluster does
+/// not know, or the right client with a wrong key, is refused at start-up
+/// (exit 2, at once, saying so) rather than retried until a timeout.
+#[test]
+fn cephx_wrong_id_or_key_is_a_startup_error() {
+    let c = Cluster::start_with("cephx", Auth::Cephx).expect("cephx cluster");
+    let conf = c.conf().display().to_string();
+    let dir = TempDir::new("rbd-cephx");
+    let d = Daemon::start(
+        &dir.path("sock"),
+        std::path::Path::new(&format!("rbd:rbd/img:conf={conf}:id=admin")),
+        &[],
+    );
+    let mut s = connect(&d.socket, 1, 64, !0);
+    assert_eq!(
+        s.queues[0].request(VIRTIO_BLK_T_IN, 0, &[(0, 4096)]).0,
+        S_OK
+    );
+    drop(d);
+
+    refused(
+        &format!("rbd:rbd/img:conf={conf}:id=intruder"),
+        "the monitors refused client.intruder",
+        T,
+    );
+    // client.admin with a key the cluster never issued.
+    let keyring = dir.path("wrong.keyring");
+    let out = Command::new("ceph-authtool")
+        .arg("--create-keyring")
+        .arg(&keyring)
+        .args(["--gen-key", "-n", "client.admin"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(c.conf()).unwrap();
+    let wrong = dir.path("wrong.conf");
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("keyring =") {
+                format!("keyring = {}\n", keyring.display())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&wrong, text).unwrap();
+    refused(
+        &format!("rbd:rbd/img:conf={}", wrong.display()),
+        "the monitors refused client.admin",
+        T,
     );
 }

@@ -174,13 +174,18 @@ impl RbdImage {
         // client_mount_timeout.
         let rc = unsafe { (api.rados_connect)(rados) };
         if rc < 0 {
-            return Err(fail(
-                &format!(
-                    "cannot connect to the cluster's monitors within {} s",
+            let client = spec.id.as_deref().unwrap_or("admin");
+            let what = match -rc {
+                libc::ETIMEDOUT => format!(
+                    "no monitor answered within {} s (mon host in the conf file)",
                     CONNECT_TIMEOUT.as_secs()
                 ),
-                rc.into(),
-            ));
+                libc::EACCES | libc::EPERM => format!(
+                    "the monitors refused client.{client} (wrong id, or a wrong or missing key in its keyring)"
+                ),
+                _ => format!("cannot connect to the cluster as client.{client}"),
+            };
+            return Err(fail(&what, rc.into()));
         }
         let pool = cstr(&spec.pool);
         // SAFETY: connected handle; writes an io context into img.ioctx.
