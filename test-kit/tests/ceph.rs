@@ -16,7 +16,9 @@ fn cluster_starts_serves_and_survives_an_osd_restart() {
     let dir = std::env::temp_dir().join(format!("kit-ceph-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("pattern");
-    let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i / 512 % 251) as u8).collect();
+    let data: Vec<u8> = (0..1u32 << 20)
+        .map(|i| u8::try_from(i / 512 % 251).unwrap())
+        .collect();
     std::fs::write(&file, &data).unwrap();
     c.import(&file, "imported").unwrap();
     assert_eq!(c.export("imported", data.len()).unwrap(), data);

@@ -39,6 +39,11 @@ fn spec(c: &Cluster, image: &str) -> String {
     format!("rbd:rbd/{image}:conf={}", c.conf().display())
 }
 
+/// The byte queue `qi`'s in-flight write `i` fills its block with.
+fn byte_of(qi: usize, i: u64) -> u8 {
+    u8::try_from((qi + 1) * 16).unwrap() + u8::try_from(i).unwrap()
+}
+
 fn capacity(fe: &mut Frontend) -> u64 {
     let (_, cfg) = fe
         .get_config(0, 8, VhostUserConfigFlags::WRITABLE, &[0u8; 8])
@@ -97,7 +102,7 @@ fn rbd_image_serves_pattern_writes_flush_discard_and_two_queues() {
     for (qi, base) in [(0usize, 2000u64), (1, 3000)] {
         let q = &mut s.queues[qi];
         for i in 0..32u64 {
-            q.fill(i, 4096, (qi as u8 + 1) * 16 + i as u8);
+            q.fill(i, 4096, byte_of(qi, i));
             q.queue_request(i, VIRTIO_BLK_T_OUT, base + 8 * i, &[(i, 4096)]);
         }
         q.kick();
@@ -117,7 +122,7 @@ fn rbd_image_serves_pattern_writes_flush_discard_and_two_queues() {
                 q.request(VIRTIO_BLK_T_IN, base + 8 * i, &[(40, 4096)]).0,
                 S_OK
             );
-            let want = (qi as u8 + 1) * 16 + i as u8;
+            let want = byte_of(qi, i);
             assert!(q.read_buf(40, 4096).iter().all(|&b| b == want));
         }
     }
@@ -294,10 +299,13 @@ fn osd_restart_under_load_loses_no_request() {
         let t0 = Instant::now();
         for i in 0..16u64 {
             let slot = (u64::from(rounds) * 16 + i) % 512;
-            let byte = (rounds as u8).wrapping_mul(16).wrapping_add(i as u8) | 1;
+            let byte = rounds.to_le_bytes()[0]
+                .wrapping_mul(16)
+                .wrapping_add(u8::try_from(i).unwrap())
+                | 1;
             q.fill(i, 4096, byte);
             q.queue_request(i, VIRTIO_BLK_T_OUT, slot * 8, &[(i, 4096)]);
-            last[slot as usize] = Some(byte);
+            last[usize::try_from(slot).unwrap()] = Some(byte);
         }
         q.kick();
         let used = q.wait_used(16, Duration::from_secs(120));
@@ -315,7 +323,7 @@ fn osd_restart_under_load_loses_no_request() {
     for (slot, byte) in last.iter().enumerate() {
         let Some(byte) = *byte else { continue };
         q.fill(40, 4096, 0);
-        let sector = slot as u64 * 8;
+        let sector = u64::try_from(slot).unwrap() * 8;
         assert_eq!(q.request(VIRTIO_BLK_T_IN, sector, &[(40, 4096)]).0, S_OK);
         assert!(
             q.read_buf(40, 4096).iter().all(|&b| b == byte),

@@ -51,11 +51,24 @@ struct InFlight {
     _iov: Vec<libc::iovec>,
 }
 
+impl std::fmt::Debug for InFlight {
+    // The memory map and the iovecs' raw pointers say nothing useful.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("token", &self.token)
+            .field("op", &self.op)
+            .field("expected", &self.expected)
+            .field("then_flush", &self.then_flush)
+            .finish_non_exhaustive()
+    }
+}
+
 // SAFETY: the iovecs' raw pointers refer to guest memory the same entry
 // keeps mapped (`_mem`); only librbd dereferences them.
 unsafe impl Send for InFlight {}
 
 /// One queue's RBD engine.
+#[derive(Debug)]
 pub struct RbdEngine {
     queue: usize,
     image: Arc<RbdImage>,
@@ -86,11 +99,7 @@ impl RbdEngine {
         let epoll = Epoll::new().map_err(RbdEngineError::Epoll)?;
         for fd in [image.notify_fd(), mailbox.efd.as_raw_fd()] {
             epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, fd as u64),
-                )
+                .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, 0))
                 .map_err(RbdEngineError::Epoll)?;
         }
         let size = u32::from(params.queue_size);
@@ -127,16 +136,18 @@ impl RbdEngine {
     /// Starts `op` in `slot`; `Err(())` if librbd refused it at once.
     fn start(&self, slot: u32, entry: &InFlight, offset: u64, len: u64) -> Result<(), ()> {
         let api = self.image.api;
+        let (image, iov) = (self.image.image, &entry._iov);
+        // Validation caps a request at IOV_MAX pieces.
+        let iovcnt = libc::c_int::try_from(iov.len()).map_err(drop)?;
+        let zero_len = usize::try_from(len).map_err(drop)?;
+        let arg = usize::try_from(tag(self.queue, slot)).map_err(drop)?;
+        let arg = std::ptr::without_provenance_mut::<libc::c_void>(arg);
         let mut c: RbdCompletion = std::ptr::null_mut();
-        let arg = tag(self.queue, slot) as usize as *mut libc::c_void;
         // SAFETY: no callback (completions come through the image's
         // eventfd); librbd writes the new completion into `c`.
         if unsafe { (api.rbd_aio_create_completion)(arg, None, &mut c) } < 0 {
             return Err(());
         }
-        let (image, iov) = (self.image.image, &entry._iov);
-        // Validation caps a request at IOV_MAX pieces.
-        let iovcnt = iov.len() as libc::c_int;
         // SAFETY: open image and a fresh completion; the iovec array and
         // the guest memory it points into live in `entry`, which the
         // caller stores in `slots[slot]` (a Vec's heap buffer does not
@@ -148,7 +159,7 @@ impl RbdEngine {
                 Op::Write => (api.rbd_aio_writev)(image, iov.as_ptr(), iovcnt, offset, c),
                 Op::Flush => (api.rbd_aio_flush)(image, c),
                 Op::Discard => (api.rbd_aio_discard)(image, offset, len, c),
-                Op::Zeroes => (api.rbd_aio_write_zeroes)(image, offset, len as usize, c, 0, 0),
+                Op::Zeroes => (api.rbd_aio_write_zeroes)(image, offset, zero_len, c, 0, 0),
             }
         };
         if rc < 0 {

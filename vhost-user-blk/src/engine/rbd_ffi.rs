@@ -31,6 +31,7 @@ pub const EVENT_TYPE_EVENTFD: c_int = 2;
 
 /// The functions, resolved once per process.
 #[allow(missing_docs)]
+#[derive(Debug)]
 pub struct Api {
     pub rados_create: unsafe extern "C" fn(*mut Rados, *const c_char) -> c_int,
     pub rados_conf_read_file: unsafe extern "C" fn(Rados, *const c_char) -> c_int,

@@ -47,6 +47,7 @@ pub enum RbdError {
 }
 
 /// Finished requests of one queue, waiting for its worker.
+#[derive(Debug)]
 pub struct Mailbox {
     /// `(slot, librbd return value)`.
     pub done: Mutex<Vec<(u32, isize)>>,
@@ -55,6 +56,7 @@ pub struct Mailbox {
 }
 
 /// An open image and its cluster connection.
+#[derive(Debug)]
 pub struct RbdImage {
     pub(crate) api: &'static Api,
     rados: Rados,
@@ -258,7 +260,8 @@ impl RbdImage {
                 // SAFETY: a finished completion handed out by
                 // rbd_poll_io_events, released exactly once, here.
                 let (tag, ret) = unsafe {
-                    let tag = (self.api.rbd_aio_get_arg)(c) as usize as u64;
+                    let tag =
+                        u64::try_from((self.api.rbd_aio_get_arg)(c).addr()).unwrap_or(u64::MAX);
                     let ret = (self.api.rbd_aio_get_return_value)(c);
                     (self.api.rbd_aio_release)(c);
                     (tag, ret)
@@ -298,12 +301,15 @@ impl RbdImage {
 
 /// A completion's cb_arg: queue in the high half, slot in the low.
 pub fn tag(queue: usize, slot: u32) -> u64 {
-    ((queue as u64) << 32) | u64::from(slot)
+    // Queues number at most 64 (config): the shift loses nothing.
+    (u64::try_from(queue).unwrap_or(u64::from(u32::MAX)) << 32) | u64::from(slot)
 }
 
 /// The queue and slot a tag names.
 pub fn untag(tag: u64) -> (usize, u32) {
-    ((tag >> 32) as usize, tag as u32)
+    let [s0, s1, s2, s3, q0, q1, q2, q3] = tag.to_le_bytes();
+    let queue = usize::try_from(u32::from_le_bytes([q0, q1, q2, q3])).unwrap_or(usize::MAX);
+    (queue, u32::from_le_bytes([s0, s1, s2, s3]))
 }
 
 impl Drop for RbdImage {

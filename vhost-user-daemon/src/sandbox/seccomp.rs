@@ -110,7 +110,7 @@ pub fn filter(extras: &SeccompExtras, mismatch: SeccompAction) -> Result<BpfProg
     let (nr, mut socket) = seccomp::unix_socket_rule()?;
     if inet {
         for family in [libc::AF_INET, libc::AF_INET6] {
-            socket.push(seccomp::arg_eq(0, family as u64)?);
+            socket.push(seccomp::arg_eq(0, u64::from(family.unsigned_abs()))?);
         }
     }
     seccomp::allowlist(&syscalls, &ioctls, vec![], vec![(nr, socket)], mismatch)
