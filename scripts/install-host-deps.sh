@@ -30,7 +30,10 @@ fi
 
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for p in cpio busybox-static qemu-utils xz-utils zstd iproute2 ethtool fio dpdk-dev; do
+# Ceph 16 (bookworm): the one-node cluster of the RBD tests (test-kit's
+# `ceph`), and librbd1, which vhost-user-blk loads at run time for rbd: disks.
+for p in cpio busybox-static qemu-utils xz-utils zstd iproute2 ethtool fio dpdk-dev \
+  ceph-mon ceph-osd ceph-mgr ceph-common librbd1; do
   have "$p" || need+=("$p")
 done
 qemu_ok=0

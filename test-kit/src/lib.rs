@@ -8,6 +8,8 @@
 //! - `dirty_log`: the frontend's dirty-page bitmap (migration tests);
 //! - `frames`, `packet`, `netns`: Ethernet/virtio-net frames, the AF_PACKET
 //!   host side of a TAP, a private network namespace;
+//! - `ceph`: a one-node Ceph cluster (monitor, manager, BlueStore OSD) on
+//!   loopback with a pool and a 256 MiB image, for the RBD tests;
 //! - `images`, `procfs`: disk images (raw pattern, qemu-img), and what
 //!   /proc says about a daemon;
 //! - `net_daemon` (feature `net-daemon`): vhost-user-net serving in-process.
@@ -15,6 +17,7 @@
 //! Helpers that only tests call panic with a message on failure (the data
 //! is the test's own); what the bench also calls returns errors.
 
+pub mod ceph;
 pub mod dirty_log;
 pub mod frames;
 pub mod frontend;

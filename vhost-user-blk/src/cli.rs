@@ -28,7 +28,18 @@ file. --format auto exists for trusted images only and refuses any image
 whose qcow2 header names another file. --format qcow2 follows a backing
 chain read-only and only into files the operator allows (--backing-dir,
 --backing), and an external data file only when given as --data-file;
-anything else is a start-up error naming the file.";
+anything else is a start-up error naming the file.
+
+Ceph RBD: --blk-file rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=NAME] serves an
+RBD image through librbd (librbd1, loaded when such a disk is opened). The
+name is QEMU's legacy rbd: filename syntax, so the string an operator gives
+-drive file=... or qemu-img works here unchanged; of QEMU's :key=value
+options only conf (default: /etc/ceph/ceph.conf) and id (the client name
+without 'client.', default: admin) are taken, other Ceph options belong in
+the conf file. A snapshot (@SNAP) is served read-only. The cluster, pool,
+image and snapshot are checked at start-up (exit 2; the monitors get 10 s).
+--cache writeback/unsafe turn librbd's cache on (a guest FLUSH flushes it),
+none/writethrough turn it off.";
 
 /// Disk image format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -65,7 +76,8 @@ pub enum CacheArg {
 pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Disk image: a regular file or a block device.
+    /// Disk image: a regular file, a block device, or a Ceph RBD image as
+    /// rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=NAME] (see below).
     #[arg(long, value_name = "PATH")]
     pub blk_file: Option<PathBuf>,
     /// Image format (never guessed by default: see below).

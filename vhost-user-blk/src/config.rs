@@ -7,6 +7,7 @@ use std::time::Duration;
 use virtio_devices::block::ID_BYTES;
 
 use crate::cli::{Args, CacheArg, FormatArg};
+use crate::engine::rbd_spec::RbdSpec;
 use vhost_user_daemon::cli::CliError;
 pub use vhost_user_daemon::listen::Listen;
 
@@ -176,7 +177,7 @@ impl TryFrom<Args> for Config {
         let serial_src = match &args.serial {
             Some(s) if s.len() > ID_BYTES => return Err(ConfigError::SerialTooLong(s.len())),
             Some(s) => s.as_bytes().to_vec(),
-            None => default_serial(&blk_file),
+            None => rbd_serial(&blk_file).unwrap_or_else(|| default_serial(&blk_file)),
         };
         let mut serial = [0u8; ID_BYTES];
         let n = serial_src.len().min(ID_BYTES);
@@ -210,6 +211,13 @@ impl TryFrom<Args> for Config {
             never_mark_dirty: args.common.test_never_mark_dirty,
         })
     }
+}
+
+/// Default serial of an `rbd:POOL/IMAGE...` disk: the image name (the
+/// name's last path component would be its conf= file's).
+fn rbd_serial(blk_file: &std::path::Path) -> Option<Vec<u8>> {
+    let spec = RbdSpec::parse(blk_file.to_str()?).ok()??;
+    Some(spec.image.bytes().take(ID_BYTES).collect())
 }
 
 /// Default serial: the image's file name, truncated to 20 bytes (stable
@@ -326,6 +334,19 @@ mod tests {
             );
             assert!(with_s(&["--format", "qcow2", flag, "/b"]).is_ok());
         }
+    }
+
+    #[test]
+    fn rbd_serial_is_the_image_name() {
+        let c = parse(&[
+            "--socket-path",
+            "/s",
+            "--blk-file",
+            "rbd:pool/vm-disk-1:conf=/etc/ceph/ceph.conf",
+        ])
+        .unwrap();
+        assert_eq!(&c.serial[..9], b"vm-disk-1");
+        assert_eq!(c.serial[9..], [0; 11]);
     }
 
     #[test]

@@ -15,6 +15,8 @@ use virtio_devices::block::SECTOR_SIZE;
 
 use crate::chain::{ChainError, ChainFile, Resolver};
 use crate::config::{CacheMode, Config, ImageFormat};
+use crate::engine::rbd_image::{RbdCache, RbdError, RbdImage};
+use crate::engine::rbd_spec::{RbdSpec, SpecError};
 use crate::image_lock::{ImageLock, LockError};
 use crate::qcow2_chain::{self, Qcow2ChainError};
 
@@ -61,6 +63,12 @@ pub enum DiskError {
     /// A flush failed.
     #[error("flush failed")]
     Flush(#[source] std::io::Error),
+    /// A malformed `rbd:` name.
+    #[error(transparent)]
+    RbdSpec(#[from] SpecError),
+    /// The RBD image cannot be opened.
+    #[error(transparent)]
+    Rbd(#[from] RbdError),
 }
 
 /// The backing store behind the device.
@@ -75,6 +83,8 @@ pub enum DiskBackend {
     },
     /// qcow2 via imago, one lock around the driver (correctness first).
     Qcow2(Mutex<Qcow2Access>),
+    /// A Ceph RBD image (`rbd:POOL/IMAGE[@SNAP]`), shared by the queues.
+    Rbd(Arc<RbdImage>),
 }
 
 /// An open disk image.
@@ -95,11 +105,22 @@ pub struct Disk {
     /// Every file the device uses (the image, a qcow2 data file and
     /// backing chain): the Landlock ruleset lists exactly these.
     pub chain: Vec<ChainFile>,
+    /// Served read-only whatever the flags say (an RBD snapshot).
+    pub read_only: bool,
 }
 
 impl Disk {
     /// Open the image `config` names; fails for anything we cannot serve.
     pub fn open(config: &Config) -> Result<Self, DiskError> {
+        if let Some(spec) = config
+            .blk_file
+            .to_str()
+            .map(RbdSpec::parse)
+            .transpose()?
+            .flatten()
+        {
+            return Self::open_rbd(config, &spec);
+        }
         let path = config.blk_file.clone();
         let file = open_file(&path, config.read_only, config.cache)?;
         let meta = file
@@ -179,6 +200,45 @@ impl Disk {
             path,
             cache: config.cache,
             chain,
+            read_only: false,
+        })
+    }
+
+    /// The RBD image `spec` names: connected and opened now (a start-up
+    /// error if the cluster, pool, image or snapshot is not there), before
+    /// the sandbox, so librados reads its ceph.conf and keyring here.
+    fn open_rbd(config: &Config, spec: &RbdSpec) -> Result<Self, DiskError> {
+        let cache = if config.cache.volatile_cache() {
+            RbdCache::Writeback
+        } else {
+            RbdCache::Off
+        };
+        let queues = usize::from(config.num_queues);
+        let image = RbdImage::open(spec, config.read_only, cache, queues)?;
+        let block = u64::from(config.logical_block_size);
+        let size = image.size - image.size % block;
+        let path = config.blk_file.clone();
+        if size == 0 {
+            return Err(DiskError::TooSmall {
+                path,
+                size: image.size,
+                block: config.logical_block_size,
+            });
+        }
+        log::info!(
+            "event=image_open format=rbd image={} size={} read_only={}",
+            image.name,
+            image.size,
+            image.read_only
+        );
+        Ok(Disk {
+            lock: Arc::new(ImageLock::none(&path)),
+            read_only: image.read_only,
+            backend: DiskBackend::Rbd(Arc::new(image)),
+            size,
+            path,
+            cache: config.cache,
+            chain: Vec::new(),
         })
     }
 
@@ -191,7 +251,7 @@ impl Disk {
     pub fn raw_fd(&self) -> Option<RawFd> {
         match &self.backend {
             DiskBackend::Raw { file, .. } => Some(file.as_raw_fd()),
-            DiskBackend::Qcow2(_) => None,
+            DiskBackend::Qcow2(_) | DiskBackend::Rbd(_) => None,
         }
     }
 
@@ -240,6 +300,7 @@ impl Disk {
                     .map_err(|_| DiskError::Flush(std::io::Error::other("qcow2 lock poisoned")))?;
                 access.flush().map_err(DiskError::Flush)
             }
+            DiskBackend::Rbd(image) => image.flush().map_err(DiskError::Flush),
         }
     }
 }

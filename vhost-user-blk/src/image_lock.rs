@@ -32,7 +32,9 @@ pub enum LockError {
 /// elsewhere never drops it).
 #[derive(Debug)]
 pub struct ImageLock {
-    file: File,
+    /// `None`: nothing to lock here (an RBD image: librbd's exclusive
+    /// lock arbitrates between clients in the cluster).
+    file: Option<File>,
     path: PathBuf,
     op: libc::c_int,
     held: AtomicBool,
@@ -46,7 +48,7 @@ impl ImageLock {
             source,
         })?;
         Ok(ImageLock {
-            file,
+            file: Some(file),
             path: path.to_owned(),
             op: if read_only {
                 libc::LOCK_SH
@@ -57,13 +59,26 @@ impl ImageLock {
         })
     }
 
+    /// A lock that always succeeds, for an image with no file on this
+    /// host (the storage cluster arbitrates between its clients).
+    pub fn none(name: &Path) -> ImageLock {
+        ImageLock {
+            file: None,
+            path: name.to_owned(),
+            op: libc::LOCK_SH,
+            held: AtomicBool::new(false),
+        }
+    }
+
     /// Takes the lock without waiting; taking a held lock again is a no-op.
     pub fn acquire(&self) -> Result<(), LockError> {
         if self.held.load(Ordering::Acquire) {
             return Ok(());
         }
         // SAFETY: flock on a descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(self.file.as_raw_fd(), self.op | libc::LOCK_NB) };
+        let rc = self.file.as_ref().map_or(0, |file| unsafe {
+            libc::flock(file.as_raw_fd(), self.op | libc::LOCK_NB)
+        });
         if rc != 0 {
             return Err(LockError::Held(self.path.clone()));
         }
@@ -75,7 +90,9 @@ impl ImageLock {
     pub fn release(&self) {
         if self.held.swap(false, Ordering::AcqRel) {
             // SAFETY: flock on a descriptor we own; no memory is involved.
-            let rc = unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+            let rc = self.file.as_ref().map_or(0, |file| unsafe {
+                libc::flock(file.as_raw_fd(), libc::LOCK_UN)
+            });
             if rc != 0 {
                 log::warn!(
                     "event=image_unlock_failed path={} error=\"{}\"",

@@ -67,9 +67,14 @@ fn setup(args: Args) -> anyhow::Result<Server> {
     // Landlock lists exactly the image's files; the duplicate descriptors
     // kept for it close once the ruleset is in force.
     let chain = std::mem::take(&mut disk.chain);
-    Sandbox::new(&common, &config.listen, &private, sandbox::SECCOMP)
-        .files(&sandbox::file_rules(&chain))
-        .apply()?;
+    Sandbox::new(
+        &common,
+        &config.listen,
+        &private,
+        sandbox::seccomp_for(&disk),
+    )
+    .files(&sandbox::file_rules(&chain))
+    .apply()?;
     drop(chain);
     let report = Arc::clone(&counters);
     signals::spawn(Arc::clone(&shutdown), move || counters::log_all(&report))?;

@@ -12,6 +12,7 @@ use std::os::fd::AsFd;
 use vhost_user_daemon::sandbox::{FileRule, SeccompExtras};
 
 use crate::chain::ChainFile;
+use crate::disk::{Disk, DiskBackend};
 
 /// Syscalls this daemon adds to the base list, with any arguments.
 pub const SECCOMP: SeccompExtras<'static> = SeccompExtras {
@@ -37,6 +38,43 @@ pub const SECCOMP: SeccompExtras<'static> = SeccompExtras {
     ],
     ioctls: &[],
 };
+
+/// What an RBD disk adds: librados' threads keep TCP connections to the
+/// monitors and OSDs (and open new ones when an OSD restarts), so
+/// `socket(2)` is allowed for AF_INET/AF_INET6 as well as AF_UNIX, with
+/// the socket options and names the messenger uses (found with
+/// `--sandbox log` runs of `tests/rbd.rs`, an OSD restart included).
+/// Landlock needs nothing: librados reads ceph.conf and opens its
+/// connections in `Disk::open`, before the sandbox, and its threads,
+/// created then, are outside the Landlock domain (seccomp covers every
+/// thread; opening files stays refused there too).
+const RBD_SYSCALLS: &[i64] = &[
+    libc::SYS_socket,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_uname,
+];
+
+/// The seccomp extras for `disk`: [`SECCOMP`], plus the network calls of
+/// librados for an RBD image.
+pub fn seccomp_for(disk: &Disk) -> SeccompExtras<'static> {
+    static RBD: std::sync::OnceLock<Vec<i64>> = std::sync::OnceLock::new();
+    match disk.backend {
+        DiskBackend::Rbd(_) => SeccompExtras {
+            syscalls: RBD.get_or_init(|| {
+                SECCOMP
+                    .syscalls
+                    .iter()
+                    .chain(RBD_SYSCALLS)
+                    .copied()
+                    .collect()
+            }),
+            ioctls: SECCOMP.ioctls,
+        },
+        _ => SECCOMP,
+    }
+}
 
 /// The Landlock rules for the image's files: exactly these, each with the
 /// rights it was opened with.

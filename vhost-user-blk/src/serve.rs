@@ -143,7 +143,7 @@ impl Server {
             logical_block_size: config.logical_block_size,
             num_queues: config.num_queues,
             queue_size: config.queue_size,
-            read_only: config.read_only,
+            read_only: config.read_only || disk.read_only,
             writeback: config.cache.volatile_cache(),
         };
         Server {

@@ -12,6 +12,9 @@
 //!   turned into ring operations by `raw_op`, WRITE_ZEROES falling back to
 //!   writing zeroes (`zeroes`).
 //! - `qcow2`: imago, synchronously on the worker thread (always `Done`).
+//! - `rbd`: Ceph RBD through librbd's AIO calls (`rbd_ffi`, loaded at run
+//!   time), one image shared by the queues (`rbd_image`), named
+//!   `rbd:POOL/IMAGE[@SNAP]` (`rbd_spec`).
 //! - `null`: `--null-io`, reads, writes and flushes complete at once;
 //!   the rest goes to the engine it wraps.
 //!
@@ -29,6 +32,10 @@ pub mod qcow2;
 pub mod raw;
 pub mod raw_inline;
 pub mod raw_op;
+pub mod rbd;
+pub mod rbd_ffi;
+pub mod rbd_image;
+pub mod rbd_spec;
 pub mod uring;
 pub mod zeroes;
 
@@ -51,6 +58,9 @@ pub enum EngineError {
     /// The io_uring could not be set up or refused a submission.
     #[error("io_uring failure")]
     Uring(#[from] uring::UringError),
+    /// The RBD engine's completion plumbing could not be set up.
+    #[error("rbd engine failure")]
+    Rbd(#[from] rbd::RbdEngineError),
 }
 
 /// How a request ended.
@@ -136,6 +146,8 @@ pub enum Engine {
     Raw(raw::RawEngine),
     /// qcow2 (imago).
     Qcow2(qcow2::Qcow2Engine),
+    /// Ceph RBD image (librbd AIO).
+    Rbd(rbd::RbdEngine),
     /// `--null-io` in front of one of the others.
     Null(Box<null::NullEngine>),
 }
@@ -161,6 +173,7 @@ impl Engine {
                 Engine::Raw(raw::RawEngine::new(disk, file.as_raw_fd(), &params)?)
             }
             DiskBackend::Qcow2(_) => Engine::Qcow2(qcow2::Qcow2Engine::new(disk, &params)),
+            DiskBackend::Rbd(image) => Engine::Rbd(rbd::RbdEngine::new(disk, image, &params)?),
         };
         Ok(if params.null_io {
             Engine::Null(Box::new(null::NullEngine::new(engine)))
@@ -176,6 +189,7 @@ macro_rules! each {
         match $self {
             Engine::Raw($e) => $call,
             Engine::Qcow2($e) => $call,
+            Engine::Rbd($e) => $call,
             Engine::Null($e) => $call,
         }
     };

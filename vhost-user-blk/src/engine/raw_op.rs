@@ -190,7 +190,7 @@ pub fn result_status(class: Class, expected: u64, result: i64) -> BlockStatus {
 
 /// Host iovecs for validated segments; `None` if a segment is no longer
 /// mapped or the request needs more than IOV_MAX pieces.
-fn iovecs(mem: &Mem, segs: &[Segment]) -> Option<Vec<libc::iovec>> {
+pub fn iovecs(mem: &Mem, segs: &[Segment]) -> Option<Vec<libc::iovec>> {
     let mut iov = Vec::with_capacity(segs.len());
     for seg in segs {
         for slice in mem.get_slices(seg.addr, seg.len as usize) {

@@ -95,17 +95,25 @@ const BASE: &[i64] = &[
 const BASE_IOCTLS: &[u64] = &[libc::FIONBIO, libc::FIOCLEX, libc::TCGETS, libc::TIOCGWINSZ];
 
 /// The allowlist program: the base lists plus `extras`, `socket(2)` for
-/// AF_UNIX only; `mismatch` is what happens to off-list syscalls.
+/// AF_UNIX only, or also for AF_INET and AF_INET6 if `extras` lists
+/// `SYS_socket` (a device whose storage is across the network, such as a
+/// Ceph client); `mismatch` is what happens to off-list syscalls.
 pub fn filter(extras: &SeccompExtras, mismatch: SeccompAction) -> Result<BpfProgram, SeccompError> {
-    let syscalls: Vec<i64> = BASE.iter().chain(extras.syscalls).copied().collect();
+    let inet = extras.syscalls.contains(&libc::SYS_socket);
+    let syscalls: Vec<i64> = BASE
+        .iter()
+        .chain(extras.syscalls)
+        .copied()
+        .filter(|&nr| nr != libc::SYS_socket)
+        .collect();
     let ioctls: Vec<u64> = extras.ioctls.iter().chain(BASE_IOCTLS).copied().collect();
-    seccomp::allowlist(
-        &syscalls,
-        &ioctls,
-        vec![],
-        vec![seccomp::unix_socket_rule()?],
-        mismatch,
-    )
+    let (nr, mut socket) = seccomp::unix_socket_rule()?;
+    if inet {
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            socket.push(seccomp::arg_eq(0, u64::from(family.unsigned_abs()))?);
+        }
+    }
+    seccomp::allowlist(&syscalls, &ioctls, vec![], vec![(nr, socket)], mismatch)
 }
 
 /// For tests: runs `body` in a forked child under the open filter and
@@ -228,5 +236,35 @@ mod tests {
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 5,
             "status {status:#x}"
         );
+    }
+    #[test]
+    fn socket_as_an_extra_allows_ip_families_only() {
+        const INET: SeccompExtras<'static> = SeccompExtras {
+            syscalls: &[libc::SYS_socket],
+            ioctls: &[],
+        };
+        let status = in_confined_child(&INET, || {
+            // SAFETY: socket(2) calls; the fds are closed at once.
+            unsafe {
+                for family in [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6] {
+                    let s = libc::socket(family, libc::SOCK_STREAM, 0);
+                    if s < 0 {
+                        return 2;
+                    }
+                    libc::close(s);
+                }
+            }
+            6
+        });
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 6,
+            "status {status:#x}"
+        );
+        let status = in_confined_child(&INET, || {
+            // SAFETY: a raw socket(2) call; any result is fine.
+            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, 0) };
+            0
+        });
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
     }
 }
