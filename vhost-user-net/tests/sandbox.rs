@@ -47,20 +47,30 @@ fn run_sandboxed(tap: &str, extra: &[&str], euid: &str) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let spawned = std::time::SystemTime::now();
     let pid = child.id();
     let deadline = Instant::now() + Duration::from_secs(10);
+    // This daemon's relay directory: named after its pid and made after
+    // it started (a daemon SIGKILLed long ago by another test may have
+    // left one under the same, since reused, pid).
     let relay_dir = || {
         std::fs::read_dir(std::env::temp_dir())
             .unwrap()
             .filter_map(Result::ok)
-            .any(|e| {
+            .filter(|e| {
                 e.file_name()
                     .to_string_lossy()
                     .starts_with(&format!("viaduct-relay-{pid}-"))
             })
+            .any(|e| {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t + Duration::from_secs(1) >= spawned)
+            })
     };
-    // Filters go on after the socket is bound; wait for both.
-    while !(sock.exists() && seccomp_status(pid).0 == "2") {
+    // Filters go on after the socket is bound, one after the other; wait
+    // for all of it.
+    while !(sock.exists() && seccomp_status(pid) == ("2".to_owned(), "2".to_owned())) {
         assert!(Instant::now() < deadline, "daemon never got sandboxed");
         assert!(child.try_wait().unwrap().is_none(), "daemon exited");
         std::thread::sleep(Duration::from_millis(10));
