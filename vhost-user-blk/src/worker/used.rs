@@ -1,15 +1,19 @@
 //! Returning a chain: the status byte, the request counters, the dirty-log
 //! marks (live migration, [`super::dirty`]), the used entry, and the
-//! in-flight region's marks around it (crash-safe restart).
+//! in-flight region's marks around it (crash-safe restart); completing
+//! what the engine reaped, and signalling the guest.
 
 use vhost_user_backend::VringT;
 use vhost_user_daemon::dirty_log::LogRegion;
 use virtio_devices::block::{BlockStatus, Segment};
 use virtio_queue::QueueT;
+use vm_memory::GuestAddressSpace;
 use vm_memory::{Bytes, GuestAddress};
 
+use super::pending::Transfer;
 use super::{Mem, QueueWorker, Vring, dirty};
 use crate::counters::QueueCounters;
+use crate::engine::BlockEngine;
 
 /// A request the worker returns to the guest.
 pub(super) struct Finished<'a> {
@@ -74,5 +78,60 @@ impl QueueWorker {
             tracker.post_put(head, queue.next_used());
         }
         self.unsignalled += 1;
+    }
+
+    /// Complete every request the engine has finished.
+    pub(super) fn complete_ready(&mut self, vring: &Vring) {
+        if self.pending.len() == 0 {
+            return;
+        }
+        let mut done = std::mem::take(&mut self.reaped);
+        self.engine.reap(&mut done);
+        for reaped in done.drain(..) {
+            let Some(entry) = self.pending.take(reaped.token) else {
+                continue;
+            };
+            let status = reaped.completion.status;
+            self.account(entry.transfer, status);
+            let f = Finished {
+                head: entry.head,
+                status_addr: entry.status_addr,
+                status,
+                len: reaped.completion.len,
+                written: &entry.written,
+            };
+            self.finish(vring, &entry.mem, f);
+        }
+        self.reaped = done;
+    }
+
+    pub(super) fn account(&self, transfer: Transfer, status: BlockStatus) {
+        if status != BlockStatus::Ok {
+            return;
+        }
+        match transfer {
+            Transfer::Read(n) => QueueCounters::add(&self.counters().bytes_read, n),
+            Transfer::Write(n) => QueueCounters::add(&self.counters().bytes_written, n),
+            Transfer::None => {}
+        }
+    }
+
+    /// Signal the call eventfd if the driver wants to hear about what we used.
+    pub(super) fn notify(&mut self, vring: &Vring) {
+        if self.unsignalled == 0 {
+            return;
+        }
+        self.unsignalled = 0;
+        let mem = self.mem.memory();
+        let mut state = vring.get_mut();
+        let needed = state
+            .get_queue_mut()
+            .needs_notification(&*mem)
+            .unwrap_or(true);
+        if needed {
+            if let Err(e) = state.signal_used_queue() {
+                log::warn!("signal_failed queue={} error=\"{e}\"", self.index);
+            }
+        }
     }
 }

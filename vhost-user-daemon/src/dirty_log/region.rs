@@ -58,6 +58,8 @@ pub struct LogRegion {
     /// Marks that fell beyond the end of the log (a frontend that grew the
     /// memory table without growing the log).
     beyond: AtomicU64,
+    /// Pages marked while clear ([`LogRegion::pages_marked`]).
+    marked: AtomicU64,
 }
 
 // SAFETY: the mapping is shared memory only ever touched through atomics;
@@ -126,6 +128,7 @@ impl LogRegion {
             map_len,
             guard_slot,
             beyond: AtomicU64::new(0),
+            marked: AtomicU64::new(0),
         })
     }
 
@@ -170,9 +173,19 @@ impl LogRegion {
             // SAFETY: `byte < self.len`, inside the mapping, which lives as
             // long as `self`; shared memory is only accessed atomically.
             let cell = unsafe { AtomicU8::from_ptr(self.base.as_ptr().add(byte)) };
-            cell.fetch_or(mask, Ordering::Relaxed);
+            let old = cell.fetch_or(mask, Ordering::Relaxed);
+            let fresh = (mask & !old).count_ones();
+            if fresh > 0 {
+                self.marked.fetch_add(u64::from(fresh), Ordering::Relaxed);
+            }
             page = page - bit + 8;
         }
+    }
+
+    /// Pages this daemon marked that were clear (the frontend had not yet
+    /// seen them dirty): what it logged, in pages of [`LOG_PAGE`] bytes.
+    pub fn pages_marked(&self) -> u64 {
+        self.marked.load(Ordering::Relaxed)
     }
 
     /// Marks that fell past the end of the log.
@@ -197,6 +210,12 @@ impl LogRegion {
 
 impl Drop for LogRegion {
     fn drop(&mut self) {
+        let pages = self.pages_marked();
+        log::info!(
+            "event=dirty_log_end pages_marked={pages} bytes_marked={} beyond={}",
+            pages.saturating_mul(LOG_PAGE),
+            self.beyond()
+        );
         memguard::unregister(self.guard_slot);
         // SAFETY: the mapping made in `map`, unmapped exactly once.
         unsafe { libc::munmap(self.map_base.as_ptr(), self.map_len) };
@@ -255,6 +274,9 @@ mod tests {
         std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 4096).expect("read");
         assert_eq!(buf, [0b0010_0000, 0b0000_0110, 0xff, 0]);
         assert_eq!(log.beyond(), 0);
+        assert_eq!(log.pages_marked(), 11, "1 + 2 + 8 fresh pages");
+        log.mark(0x5000, 0x2000); // page 5 again, page 6 fresh
+        assert_eq!(log.pages_marked(), 12, "only fresh pages count");
     }
 
     #[test]
