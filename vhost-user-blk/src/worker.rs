@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use vhost_user_backend::VringT;
 use vhost_user_daemon::inflight::InflightQueue;
-use virtio_devices::block::{BlockStatus, ParseOutcome, request};
+use virtio_devices::block::{ParseOutcome, request};
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 
